@@ -1,0 +1,162 @@
+"""Instance files on disk: written atomically, placed by validated UIDs, never by client-supplied names.
+
+A file is first written completely into ``tmp/`` on the same file system, fsynced, and only then linked
+into place, so a reader or a crash never sees half a file. The index row is committed after the file is in
+place: a crash between the two leaves an orphan file (harmless, replaced by the next store) but never an
+index row without its file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from gateway.dicom.uids import validate_uid
+
+CHUNK = 1024 * 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SpooledUpload:
+    """A part of an upload being written to a temporary file, hashing as it goes."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=tmp_dir)
+        self.path = Path(name)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def finish(self, fsync: bool = True) -> str:
+        """Flush to stable storage and return the SHA-256 of the content."""
+        self._file.flush()
+        if fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class FileStore:
+    def __init__(self, root: Path, tmp_dir: Path, fsync: bool = True) -> None:
+        self.root = root
+        self.tmp_dir = tmp_dir
+        self.fsync = fsync
+        root.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def clean_tmp(self) -> int:
+        """Remove uploads left behind by a crash (none of them was acknowledged)."""
+        removed = 0
+        for leftover in self.tmp_dir.glob("upload-*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+    def new_upload(self) -> SpooledUpload:
+        return SpooledUpload(self.tmp_dir)
+
+    def upload_from_bytes(self, data: bytes) -> tuple[Path, str]:
+        upload = self.new_upload()
+        try:
+            upload.write(data)
+            return upload.path, upload.finish(self.fsync)
+        except BaseException:
+            upload.discard()
+            raise
+
+    @staticmethod
+    def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
+        study_uid = validate_uid(study_uid, "StudyInstanceUID")
+        series_uid = validate_uid(series_uid, "SeriesInstanceUID")
+        sop_uid = validate_uid(sop_uid, "SOPInstanceUID")
+        # A two-level hash fan-out keeps directories small at millions of studies.
+        fan = hashlib.sha1(study_uid.encode()).hexdigest()
+        return f"{fan[:2]}/{fan[2:4]}/{study_uid}/{series_uid}/{sop_uid}.dcm"
+
+    def absolute(self, relative: str) -> Path:
+        path = (self.root / relative).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"stored path {relative!r} escapes the storage root")
+        return path
+
+    def place(self, upload_path: Path, relative: str, sha256: str) -> bool:
+        """Move a finished upload into place. Returns False when an identical file was already there.
+
+        A file already at the destination with other content is an orphan of a crashed store (the caller
+        holds the index lock and found no row for it), so it is replaced.
+        """
+        target = self.absolute(relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(upload_path, target)
+        except FileExistsError:
+            if file_sha256(target) == sha256:
+                upload_path.unlink(missing_ok=True)
+                return False
+            os.replace(upload_path, target)
+        else:
+            upload_path.unlink()
+        if self.fsync:
+            _fsync_dir(target.parent)
+        return True
+
+    def remove(self, relative: str) -> None:
+        path = self.absolute(relative)
+        path.unlink(missing_ok=True)
+        # Tidy empty series/study directories; another store may race us, so failures are fine.
+        for parent in list(path.parents)[:4]:
+            if parent == self.root:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    def open(self, relative: str) -> BinaryIO:
+        return open(self.absolute(relative), "rb")
+
+    def iter_chunks(self, relative: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        with self.open(relative) as handle:
+            while chunk := handle.read(chunk_size):
+                yield chunk
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    @staticmethod
+    def new_name() -> str:
+        return uuid.uuid4().hex
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
