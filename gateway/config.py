@@ -89,9 +89,10 @@ def _flatten_toml(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_settings(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                  environ: dict[str, str] | None = None) -> Settings:
+                  environ: dict[str, str] | None = None, defaults: dict[str, Any] | None = None) -> Settings:
+    """Settings from, in rising precedence: ``defaults`` (per command), the file, the environment, flags."""
     environ = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
     if config_file:
         path = Path(config_file)

@@ -11,8 +11,12 @@ import unicodedata
 _DIGITS = re.compile(r"\D")
 
 
-def normalise_date(value: str) -> str:
-    """DA → YYYYMMDD; also accepts the ACR-NEMA form YYYY.MM.DD. Returns '' for an empty or bad value."""
+def normalise_date(value: str, upper: bool = False) -> str:
+    """DA → YYYYMMDD; also accepts the ACR-NEMA form YYYY.MM.DD. Returns '' for an empty or bad value.
+
+    ``upper`` is accepted for symmetry with normalise_time: a full date needs no filling.
+    """
+    del upper
     value = (value or "").strip()
     digits = _DIGITS.sub("", value)
     if len(digits) != 8:

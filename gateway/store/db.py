@@ -55,6 +55,8 @@ def _configure_sqlite(engine: Engine) -> None:
         # FULL: an acknowledged store survives a power cut, not only a process crash.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # DICOM matching is case-sensitive except for person names, which are indexed upper-cased.
+        cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.execute("PRAGMA cache_size=-65536")
         cursor.close()

@@ -1,0 +1,168 @@
+"""The `gateway` console script. Every subcommand takes --data-dir and --config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("gateway")
+
+
+def _common(default_data_dir: str | None) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--data-dir", type=Path, default=None,
+                        help=f"where the database and instance files live (default: {default_data_dir or './data'})")
+    parent.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    parent.add_argument("--database-url", default=None,
+                        help="SQLAlchemy URL, e.g. postgresql://user:pass@host/db (default: SQLite in the data dir)")
+    parent.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    return parent
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8042)")
+    parser.add_argument("--threads", type=int, default=None, help="worker threads (default 16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="EUCAIM hospital gateway")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[_common("./data")], help="run the HTTP server")
+    _server_options(serve)
+
+    demo = commands.add_parser("demo", parents=[_common("./demo-data")],
+                               help="build a synthetic cancer-imaging data set, ingest it and serve it")
+    _server_options(demo)
+    demo.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data set)")
+    demo.add_argument("--patients", type=int, default=8, help="number of synthetic patients")
+    demo.add_argument("--no-serve", action="store_true", help="build and ingest only, then exit")
+
+    importer = commands.add_parser("import", parents=[_common("./data")],
+                                   help="store DICOM files or folders (recursively) into the gateway")
+    importer.add_argument("paths", nargs="+", type=Path)
+
+    db = commands.add_parser("db", parents=[_common("./data")], help="database maintenance")
+    db.add_argument("action", choices=["upgrade", "current"], help="apply migrations / show the revision")
+    return parser
+
+
+def _settings(args: argparse.Namespace, default_data_dir: str) -> Settings:
+    overrides: dict[str, Any] = {
+        "data_dir": args.data_dir, "database_url": args.database_url, "log_level": args.log_level,
+        "host": getattr(args, "host", None), "port": getattr(args, "port", None),
+        "threads": getattr(args, "threads", None),
+    }
+    return load_settings(args.config, overrides, defaults={"data_dir": default_data_dir})
+
+
+def _iter_files(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SystemExit(f"gateway: {path} does not exist")
+    return files
+
+
+def ingest_files(node: Any, files: Sequence[Path], description: str = "storing") -> dict[str, int]:
+    """Store files one by one with a progress bar; returns counts by outcome."""
+    from tqdm import tqdm
+
+    counts = {"stored": 0, "duplicate": 0, "failed": 0}
+    with tqdm(total=len(files), desc=description, unit="file", disable=None) as progress:
+        for path in files:
+            result = node.ingest.store_bytes(path.read_bytes())
+            counts[result.status] += 1
+            if not result.ok:
+                log.warning("%s: not stored: %s", path, result.message)
+            progress.update(1)
+            progress.set_postfix(counts, refresh=False)
+    return counts
+
+
+def _serve(node: Any) -> None:
+    from waitress import serve
+
+    from gateway.web.app import create_app
+
+    settings = node.settings
+    app = create_app(node=node)
+    log.info("gateway %s serving %s on http://%s:%d/ (DICOMweb at /dicomweb)", __version__, settings.data_dir,
+             settings.host, settings.port)
+    serve(app, host=settings.host, port=settings.port, threads=settings.threads,
+          max_request_body_size=settings.max_upload_bytes, channel_timeout=300, ident="gateway",
+          connection_limit=1000)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    default_data_dir = "./demo-data" if args.command == "demo" else "./data"
+    try:
+        settings = _settings(args, default_data_dir)
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.node import Node
+
+    if args.command == "db":
+        from gateway.store.db import upgrade_database
+
+        upgrade_database(settings.effective_database_url)
+        print("database is at the newest schema revision")
+        return 0
+    node = Node.open(settings)
+    try:
+        if args.command == "import":
+            counts = ingest_files(node, _iter_files(args.paths))
+            print(f"stored {counts['stored']}, already present {counts['duplicate']}, failed {counts['failed']}")
+            return 1 if counts["failed"] else 0
+        if args.command == "demo":
+            from gateway.demo.synth import plan_demo
+
+            plan = plan_demo(seed=args.seed, patients=args.patients)
+            _ingest_demo(node, plan)
+            if args.no_serve:
+                return 0
+        _serve(node)
+        return 0
+    finally:
+        node.close()
+
+
+def _ingest_demo(node: Any, plan: Any) -> None:
+    import io
+
+    from tqdm import tqdm
+
+    from gateway.demo.synth import iter_demo_instances
+
+    counts = {"stored": 0, "duplicate": 0, "failed": 0}
+    with tqdm(desc="demo data set", unit="instance", disable=None) as progress:
+        for dataset in iter_demo_instances(plan):
+            buffer = io.BytesIO()
+            dataset.save_as(buffer, enforce_file_format=True)
+            result = node.ingest.store_bytes(buffer.getvalue())
+            counts[result.status] += 1
+            if not result.ok:
+                log.error("demo instance not stored: %s", result.message)
+            progress.update(1)
+    log.info("demo data set: %d stored, %d already present, %d failed", counts["stored"], counts["duplicate"],
+             counts["failed"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

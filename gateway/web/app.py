@@ -1,0 +1,23 @@
+"""The Flask application factory: one blueprint per protocol over one Node."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from gateway.config import Settings
+from gateway.node import Node
+from gateway.web import dicomweb, health
+from gateway.web.problems import install_error_handlers
+
+
+def create_app(settings: Settings | None = None, node: Node | None = None) -> Flask:
+    if node is None:
+        node = Node.open(settings or Settings())
+    app = Flask("gateway")
+    app.config["MAX_CONTENT_LENGTH"] = node.settings.max_upload_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["gateway.node"] = node
+    install_error_handlers(app)
+    app.register_blueprint(health.create_blueprint())
+    app.register_blueprint(dicomweb.create_blueprint(), url_prefix="/dicomweb")
+    return app

@@ -1,0 +1,114 @@
+"""STOW-RS (PS3.18 10.5): storing instances from multipart/related bodies of application/dicom parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from gateway.dicom.json_model import dumps
+from gateway.services.ingest import CANNOT_UNDERSTAND, StoreResult
+from gateway.store.files import SpooledUpload
+from gateway.web.accept import parse_media_type
+from gateway.web.dicomweb.common import base_url, checked_uids, node
+from gateway.web.multipart import MultipartError, read_multipart
+from gateway.web.problems import Problem
+
+# A private attribute carries the human-readable reason next to each FailureReason code, because the
+# standard FailedSOPSequence item has no text field and "0xC000" alone does not help anyone fix a file.
+PRIVATE_CREATOR_TAG = "00090010"
+PRIVATE_CREATOR = "EUCAIM GATEWAY"
+FAILURE_DETAIL_TAG = "00091001"
+
+
+class _UploadSink:
+    """Writes one application/dicom part to a temporary file; refuses parts of other media types."""
+
+    def __init__(self, headers: dict[str, str], results: list[StoreResult], expected_study: str | None) -> None:
+        self.results = results
+        self.expected_study = expected_study
+        content_type = parse_media_type(headers.get("content-type", "application/dicom"))
+        self.refusal: str | None = None
+        if content_type.type != "application/dicom":
+            self.refusal = (f"part media type {content_type.type!r} is not supported; "
+                            "each part must be application/dicom")
+        self.upload: SpooledUpload | None = None if self.refusal else node().files.new_upload()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.upload is not None:
+            self.upload.write(data)
+
+    def complete(self) -> None:
+        if self.upload is None:
+            self.results.append(StoreResult("failed", failure_reason=CANNOT_UNDERSTAND, message=self.refusal or ""))
+            return
+        sha256 = self.upload.finish(node().files.fsync)
+        self.results.append(node().ingest.store_upload(self.upload.path, sha256, self.expected_study))
+
+    def abort(self) -> None:
+        if self.upload is not None:
+            self.upload.discard()
+
+
+def _uid_element(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _response_dataset(results: list[StoreResult], root: str, study_uid: str | None) -> dict[str, Any]:
+    referenced, failed = [], []
+    for result in results:
+        item = {"00081150": _uid_element(result.sop_class_uid), "00081155": _uid_element(result.sop_instance_uid)}
+        if result.ok:
+            item["00081190"] = {"vr": "UR", "Value": [
+                f"{root}/studies/{result.study_instance_uid}/series/{result.series_instance_uid}"
+                f"/instances/{result.sop_instance_uid}"]}
+            referenced.append(item)
+        else:
+            item["00081197"] = {"vr": "US", "Value": [result.failure_reason or CANNOT_UNDERSTAND]}
+            item[PRIVATE_CREATOR_TAG] = {"vr": "LO", "Value": [PRIVATE_CREATOR]}
+            item[FAILURE_DETAIL_TAG] = {"vr": "LT", "Value": [result.message[:10000]]}
+            failed.append(dict(sorted(item.items())))
+    dataset: dict[str, Any] = {}
+    studies = {r.study_instance_uid for r in results if r.ok}
+    if study_uid or len(studies) == 1:
+        dataset["00081190"] = {"vr": "UR", "Value": [f"{root}/studies/{study_uid or studies.pop()}"]}
+    if failed:
+        dataset["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        dataset["00081199"] = {"vr": "SQ", "Value": referenced}
+    return dataset
+
+
+def store(study_uid: str | None = None) -> Response:
+    checked_uids(study=study_uid)
+    content_type = parse_media_type(request.headers.get("Content-Type", ""))
+    if content_type.type != "multipart/related":
+        raise Problem(415, f"STOW-RS takes multipart/related; type=\"application/dicom\", not "
+                           f"{content_type.type or 'a body without Content-Type'}")
+    part_type = content_type.multipart_type or "application/dicom"
+    if part_type.lower() != "application/dicom":
+        raise Problem(415, f"multipart/related of {part_type!r} is not supported; use type=\"application/dicom\"")
+    limit = node().settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem(413, f"the request body ({request.content_length} bytes) is larger than the configured "
+                           f"limit of {limit} bytes")
+    results: list[StoreResult] = []
+    try:
+        read_multipart(request.stream, content_type.params.get("boundary", ""),
+                       lambda headers: _UploadSink(headers, results, study_uid))
+    except MultipartError as exc:
+        if not results:
+            raise Problem(400, f"malformed multipart body: {exc}") from exc
+        results.append(StoreResult("failed", failure_reason=CANNOT_UNDERSTAND,
+                                   message=f"the rest of the body was not stored: {exc}"))
+    if not results:
+        raise Problem(400, "the multipart body contains no parts")
+    stored = sum(1 for r in results if r.ok)
+    status = 200 if stored == len(results) else (202 if stored else 409)
+    body = dumps(_response_dataset(results, base_url(), study_uid))
+    return Response(body, status=status, mimetype="application/dicom+json")
+
+
+def register(blueprint: Blueprint) -> None:
+    blueprint.add_url_rule("/studies", "store", store, methods=["POST"])
+    blueprint.add_url_rule("/studies/<study_uid>", "store_in_study", store, methods=["POST"])
