@@ -33,7 +33,7 @@ from gateway.dicom.normalise import (
 from gateway.dicom.tags import tag_hex
 from gateway.dicom.uids import InvalidUID, validate_uid
 from gateway.store.db import write_session
-from gateway.store.files import FileStore
+from gateway.store.files import FileStore, file_sha256
 from gateway.store.models import Instance, Patient, Series, Study, StudyModality, utcnow
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,30 @@ def _check_not_truncated(dataset: Dataset, file_size: int) -> None:
                 CANNOT_UNDERSTAND, f"the file is truncated inside attribute {tag_hex(tag)}")
 
 
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def add_missing_preamble(path: Path) -> bool:
+    """Give a file that starts directly with its File Meta group the PS3.10 preamble; True if changed.
+
+    pydicom and dicomweb-client write freshly built datasets this way. Everything after the preamble is
+    kept byte for byte, and what is stored is then a conformant PS3.10 file that every client can read.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if head[128:132] == b"DICM" or head[:2] != b"\x02\x00":
+        return False
+    fixed = path.with_name(path.name + ".p10")
+    with open(path, "rb") as source, open(fixed, "wb") as target:
+        target.write(PREAMBLE)
+        while chunk := source.read(1024 * 1024):
+            target.write(chunk)
+        target.flush()
+        os.fsync(target.fileno())
+    os.replace(fixed, path)
+    return True
+
+
 def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
     """Read and validate one uploaded Part 10 file; raise InstanceRejected with the reason otherwise."""
     file_size = path.stat().st_size
@@ -203,6 +227,8 @@ class IngestService:
     def store_upload(self, path: Path, sha256: str, expected_study_uid: str | None = None) -> StoreResult:
         """Store a finished upload (a Part 10 file in the tmp dir). The upload is consumed either way."""
         try:
+            if add_missing_preamble(path):
+                sha256 = file_sha256(path)
             parsed = parse_instance(path, self.bulk_threshold)
             if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
                 raise InstanceRejected(

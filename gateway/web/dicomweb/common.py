@@ -16,10 +16,24 @@ def node() -> Node:
     return current_app.extensions["gateway.node"]
 
 
-def base_url() -> str:
+def site_root() -> str:
+    """Absolute URL of the gateway as the client reached it (or as configured behind a proxy)."""
     configured = node().settings.public_base_url
-    root = configured.rstrip("/") if configured else request.host_url.rstrip("/")
-    return root + "/dicomweb"
+    if configured:
+        return configured.rstrip("/")
+    host = request.host
+    port = request.environ.get("SERVER_PORT")
+    default_port = "443" if request.scheme == "https" else "80"
+    # Some clients (dicomweb-client among them) send a Host header without the port; without a proxy in
+    # between, the port the request arrived on is the one the client used.
+    if not host.endswith("]") and ":" not in host and port and port != default_port and \
+            "X-Forwarded-Host" not in request.headers:
+        host = f"{host}:{port}"
+    return f"{request.scheme}://{host}"
+
+
+def base_url() -> str:
+    return site_root() + "/dicomweb"
 
 
 def checked_uids(**uids: str | None) -> None:

@@ -1,0 +1,103 @@
+"""Input checks, host/GPU transfers and the Numba decorator shared by the kernels and feature families.
+
+Kernels take and return NumPy arrays; the CuPy backend moves its inputs to the GPU and its results back, so
+callers never see device arrays. Every check raises ValueError with a message that names what is wrong,
+because a radiomics value computed from a malformed input is worse than no value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # the NumPy backend keeps working; resolve_backend refuses "numba"
+    numba = None
+
+Spacing = tuple[float, float, float]
+
+
+def as_volume(image: Any, name: str = "image") -> np.ndarray:
+    """The image as a C-contiguous float64 (z, y, x) array."""
+    array = np.asarray(image)
+    if array.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D (z, y, x) array, got {array.ndim} dimension(s)")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape})")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
+    if np.iscomplexobj(array):
+        raise ValueError(f"{name} must be real-valued, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def as_mask(mask: Any, shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
+    """The mask as a C-contiguous bool array of ``shape``; only booleans or the values 0 and 1 pass."""
+    array = np.asarray(mask)
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} shape {array.shape} does not match image shape {tuple(shape)}")
+    if array.dtype != np.bool_:
+        if not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"{name} must be boolean or 0/1, got dtype {array.dtype}")
+        # A label map (values 2, 3, ...) or a partial-volume fraction would be silently misread as one ROI.
+        if not np.isin(array, (0, 1)).all():
+            raise ValueError(f"{name} must contain only 0 and 1 (or booleans); binarise label maps first")
+    return np.ascontiguousarray(array, dtype=np.bool_)
+
+
+def as_spacing(spacing: Sequence[float], name: str = "spacing") -> Spacing:
+    """Three finite, positive voxel sizes (z, y, x) in mm."""
+    values = tuple(float(value) for value in spacing)
+    if len(values) != 3:
+        raise ValueError(f"{name} must have three values (z, y, x), got {len(values)}")
+    if not all(math.isfinite(value) and value > 0 for value in values):
+        raise ValueError(f"{name} must be finite and positive, got {values}")
+    return values  # type: ignore[return-value]
+
+
+def require_nonempty(mask: np.ndarray, what: str = "region of interest") -> None:
+    if not mask.any():
+        raise ValueError(f"{what} is empty: the mask selects no voxel")
+
+
+def require_finite(values: np.ndarray, what: str) -> None:
+    if not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise ValueError(f"{what} contains {bad} non-finite value(s) (NaN or infinity)")
+
+
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest (inclusive) voxel index of the mask along each axis."""
+    lows, highs = [], []
+    for axis in range(mask.ndim):
+        other_axes = tuple(a for a in range(mask.ndim) if a != axis)
+        occupied = np.flatnonzero(mask.any(axis=other_axes))
+        lows.append(occupied[0])
+        highs.append(occupied[-1])
+    return np.array(lows, dtype=np.int64), np.array(highs, dtype=np.int64)
+
+
+def to_device(array: np.ndarray) -> Any:
+    import cupy
+
+    return cupy.asarray(array)
+
+
+def to_host(array: Any) -> np.ndarray:
+    if isinstance(array, np.ndarray):
+        return array
+    return array.get()
+
+
+def jit_kernel(*, parallel: bool = False) -> Any:
+    """Numba's ``njit`` as every kernel here uses it (no GIL, cached); a no-op decorator without Numba."""
+    if numba is None:
+        return lambda function: function
+    return numba.njit(parallel=parallel, nogil=True, cache=True)
+
+
+prange = numba.prange if numba is not None else range
