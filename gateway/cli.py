@@ -94,17 +94,17 @@ def ingest_files(node: Any, files: Sequence[Path], description: str = "storing")
 
 
 def _serve(node: Any) -> None:
-    from waitress import serve
-
     from gateway.web.app import create_app
+    from gateway.web.server import create_server
 
     settings = node.settings
-    app = create_app(node=node)
+    server = create_server(create_app(node=node), settings)
     log.info("gateway %s serving %s on http://%s:%d/ (DICOMweb at /dicomweb)", __version__, settings.data_dir,
-             settings.host, settings.port)
-    serve(app, host=settings.host, port=settings.port, threads=settings.threads,
-          max_request_body_size=settings.max_upload_bytes, channel_timeout=300, ident="gateway",
-          connection_limit=1000)
+             settings.host, server.effective_port)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,12 +103,18 @@ class RunningServer:
 
 
 def start_server(node: Node) -> tuple[RunningServer, object, threading.Thread]:
-    from waitress.server import create_server
+    from gateway.web.server import create_server
 
-    app = create_app(node=node)
-    server = create_server(app, host="127.0.0.1", port=0, threads=8,
-                           max_request_body_size=node.settings.max_upload_bytes)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = create_server(create_app(node=node), node.settings, host="127.0.0.1", port=0,
+                           asyncore_loop_timeout=0.05)
+
+    def run() -> None:
+        try:
+            server.run()
+        except (OSError, ValueError):
+            pass  # the socket map is closed under the loop at teardown
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return RunningServer(f"http://127.0.0.1:{server.effective_port}", node), server, thread
 

@@ -11,7 +11,7 @@ series costs a few hundred milliseconds. Coordinates are millimetres in the DICO
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,7 +92,7 @@ TISSUES: dict[str, Tissue] = {
     "vitreous": Tissue(10, 0, 0, 140, 140, 1500, 40, 2900, 0.3, 3, 0.03),
     "bowel": Tissue(35, 35, 30, 320, 560, 420, 260, 1500, 1.6, 10, 0.12),
     "bowel_content": Tissue(18, 0, 0, 220, 220, 1100, 90, 2400, 1.1, 12, 0.15),
-    "faeces": Tissue(-320, 0, 0, 250, 250, 300, 60, 1200, 1.2, 260, 0.5),
+    "faeces": Tissue(-260, 0, 0, 250, 250, 300, 60, 1200, 1.2, 150, 0.4),
     "pancreas": Tissue(42, 65, 55, 620, 700, 340, 300, 1300, 1.6, 9, 0.08),
     "thyroid": Tissue(105, 60, 40, 560, 660, 420, 210, 1400, 1.6, 9, 0.07),
     "salivary": Tissue(-15, 25, 30, 560, 520, 500, 220, 1300, 1.8, 20, 0.12),
@@ -131,6 +131,10 @@ class Shape:
     def sections(self, z: float) -> Sequence[Ellipse]:
         raise NotImplementedError
 
+    def sections_at(self, zs: Sequence[float]) -> list[Sequence[Ellipse]]:
+        """Cross-sections for many planes at once (a volume's slices)."""
+        return [self.sections(z) if self.z_min <= z <= self.z_max else () for z in zs]
+
 
 class Tube(Shape):
     """Elliptical cross-section interpolated linearly between key planes (z, cx, cy, a, b[, angle°])."""
@@ -138,18 +142,20 @@ class Tube(Shape):
     def __init__(self, keys: Sequence[Sequence[float]]) -> None:
         rows = sorted((tuple(k) + (0.0,) * (6 - len(k)) for k in keys), key=lambda k: k[0])
         table = np.asarray(rows, dtype=float)
+        table[:, 5] = np.radians(table[:, 5])
         self._z = table[:, 0]
         self._params = table[:, 1:]
         self.z_min = float(self._z[0])
         self.z_max = float(self._z[-1])
 
     def sections(self, z: float) -> Sequence[Ellipse]:
-        if not self.z_min <= z <= self.z_max:
-            return ()
-        cx, cy, a, b, angle = (float(np.interp(z, self._z, self._params[:, i])) for i in range(5))
-        if a <= 0 or b <= 0:
-            return ()
-        return (Ellipse(cx, cy, a, b, math.radians(angle)),)
+        return self.sections_at([z])[0]
+
+    def sections_at(self, zs: Sequence[float]) -> list[Sequence[Ellipse]]:
+        z = np.asarray(zs, dtype=float)
+        params = np.stack([np.interp(z, self._z, self._params[:, i]) for i in range(5)], axis=1)
+        inside = (z >= self.z_min) & (z <= self.z_max) & (params[:, 2] > 0) & (params[:, 3] > 0)
+        return [(Ellipse(*row),) if ok else () for row, ok in zip(params.tolist(), inside.tolist(), strict=True)]
 
     def centre_at(self, z: float) -> tuple[float, float, float, float] | None:
         found = self.sections(z)
@@ -293,74 +299,108 @@ class RenderedVolumes:
     texture_rel: np.ndarray
 
 
-def _rasterise(e: Ellipse, xs: np.ndarray, ys: np.ndarray, edge: float
+@dataclass(frozen=True)
+class _Axis:
+    """A uniform pixel axis: coordinate of index i is start + i * step."""
+
+    start: float
+    step: float
+    count: int
+    coords: np.ndarray  # float32
+
+    @classmethod
+    def of(cls, coords: np.ndarray) -> _Axis:
+        step = float(coords[1] - coords[0]) if len(coords) > 1 else 1.0
+        return cls(float(coords[0]), step, len(coords), coords.astype(np.float32))
+
+    def index_range(self, low: float, high: float) -> tuple[int, int]:
+        first = max(math.ceil((low - self.start) / self.step), 0)
+        last = min(math.floor((high - self.start) / self.step) + 1, self.count)
+        return first, last
+
+
+def _rasterise(e: Ellipse, x_axis: _Axis, y_axis: _Axis, edge: float
                ) -> tuple[slice, slice, np.ndarray] | None:
     reach = max(e.a, e.b) + edge
-    c0, c1 = np.searchsorted(xs, (e.cx - reach, e.cx + reach))
-    r0, r1 = np.searchsorted(ys, (e.cy - reach, e.cy + reach))
+    c0, c1 = x_axis.index_range(e.cx - reach, e.cx + reach)
+    r0, r1 = y_axis.index_range(e.cy - reach, e.cy + reach)
     if c0 >= c1 or r0 >= r1:
         return None
-    dx = (xs[c0:c1] - e.cx)[None, :]
-    dy = (ys[r0:r1] - e.cy)[:, None]
+    dx = (x_axis.coords[c0:c1] - np.float32(e.cx))[None, :]
+    dy = (y_axis.coords[r0:r1] - np.float32(e.cy))[:, None]
     if e.angle:
-        cos_a, sin_a = math.cos(e.angle), math.sin(e.angle)
+        cos_a, sin_a = np.float32(math.cos(e.angle)), np.float32(math.sin(e.angle))
         u = dx * cos_a + dy * sin_a
         v = dy * cos_a - dx * sin_a
     else:
         u, v = dx, dy
-    rho = np.sqrt((u / e.a) ** 2 + (v / e.b) ** 2)
+    u = u * np.float32(1.0 / e.a)
+    v = v * np.float32(1.0 / e.b)
+    rho = np.sqrt(u * u + v * v)
     # (1 - rho) * min(a, b) approximates the distance to the outline, so the edge is about a pixel wide.
-    membership = (1.0 - rho) * (min(e.a, e.b) / edge) + 0.5
+    membership = (np.float32(1.0) - rho) * np.float32(min(e.a, e.b) / edge) + np.float32(0.5)
     np.clip(membership, 0.0, 1.0, out=membership)
-    return slice(r0, r1), slice(c0, c1), membership.astype(np.float32, copy=False)
+    return slice(r0, r1), slice(c0, c1), membership
 
 
 def render(layers: Sequence[Layer], grid: SliceGrid, contrasts: Sequence[str]) -> RenderedVolumes:
-    """Paint the layers slice by slice; returns noise-free volumes for every requested contrast."""
+    """Paint the layers slice by slice; returns noise-free volumes for every requested contrast.
+
+    The texture amplitudes are composited as extra channels next to the contrasts, so each layer costs
+    one array operation per slice; only the texture kind the contrasts need is computed.
+    """
     nz, ny, nx = len(grid.z), len(grid.y), len(grid.x)
-    k = len(contrasts)
-    signal = np.empty((k, nz, ny, nx), dtype=np.float32)
-    texture_hu = np.empty((nz, ny, nx), dtype=np.float32)
-    texture_rel = np.empty((nz, ny, nx), dtype=np.float32)
-    values = np.array([[layer.signal(c) for c in contrasts] for layer in layers], dtype=np.float32)
-    air = TISSUES["air"]
-    background = np.array([air.signal(c) for c in contrasts], dtype=np.float32)
-    tex_hu = np.array([TISSUES[layer.tissue].texture_hu for layer in layers], dtype=np.float32)
-    tex_rel = np.array([TISSUES[layer.tissue].texture_rel for layer in layers], dtype=np.float32)
-    for iz, z in enumerate(grid.z.tolist()):
-        plane = signal[:, iz]
+    x_axis, y_axis = _Axis.of(grid.x), _Axis.of(grid.y)
+    wants_hu = any(c in CT_CONTRASTS for c in contrasts)
+    wants_rel = any(c not in CT_CONTRASTS for c in contrasts)
+    texture_kinds = (["hu"] if wants_hu else []) + (["rel"] if wants_rel else [])
+
+    def channel_values(tissue: Tissue, layer: Layer | None) -> list[float]:
+        signals = [layer.signal(c) if layer else tissue.signal(c) for c in contrasts]
+        textures = [tissue.texture_hu if kind == "hu" else tissue.texture_rel for kind in texture_kinds]
+        return signals + textures
+
+    values = np.array([channel_values(TISSUES[layer.tissue], layer) for layer in layers], dtype=np.float32)
+    background = np.array(channel_values(TISSUES["air"], None), dtype=np.float32)
+    stack = np.empty((len(background), nz, ny, nx), dtype=np.float32)
+    clipping_keys = {layer.within for layer in layers if layer.within is not None}
+    z_list = grid.z.tolist()
+    z_low, z_high = min(z_list), max(z_list)
+    active = [(index, layer, layer.shape.sections_at(z_list)) for index, layer in enumerate(layers)
+              if layer.shape.z_max >= z_low and layer.shape.z_min <= z_high]
+    for iz in range(nz):
+        plane = stack[:, iz]
         plane[:] = background[:, None, None]
-        plane_tex_hu = texture_hu[iz]
-        plane_tex_hu[:] = air.texture_hu
-        plane_tex_rel = texture_rel[iz]
-        plane_tex_rel[:] = 0.0
         named: dict[str, np.ndarray] = {}
-        for index, layer in enumerate(layers):
-            shape = layer.shape
-            if not shape.z_min <= z <= shape.z_max:
+        for index, layer, sections in active:
+            if not sections[iz] or (layer.within is not None and layer.within not in named):
                 continue
-            if layer.within is not None and layer.within not in named:
-                continue
-            for ellipse in shape.sections(z):
-                found = _rasterise(ellipse, grid.x, grid.y, grid.edge)
+            for ellipse in sections[iz]:
+                found = _rasterise(ellipse, x_axis, y_axis, grid.edge)
                 if found is None:
                     continue
                 rows, cols, weight = found
                 if layer.within is not None:
-                    weight = weight * named[layer.within][rows, cols]
+                    weight *= named[layer.within][rows, cols]
                 if layer.anterior_of is not None:
-                    front = np.clip((layer.anterior_of - grid.y[rows]) / grid.edge + 0.5, 0.0, 1.0)
-                    weight = weight * front.astype(np.float32)[:, None]
-                if layer.key is not None:
+                    front = np.clip((layer.anterior_of - y_axis.coords[rows]) / grid.edge + 0.5, 0.0, 1.0)
+                    weight *= front[:, None]
+                if layer.key in clipping_keys:
                     mask = named.setdefault(layer.key, np.zeros((ny, nx), dtype=np.float32))
                     np.maximum(mask[rows, cols], weight, out=mask[rows, cols])
                 region = plane[:, rows, cols]
-                region += weight[None] * (values[index][:, None, None] - region)
-                region_hu = plane_tex_hu[rows, cols]
-                region_hu += weight * (tex_hu[index] - region_hu)
-                region_rel = plane_tex_rel[rows, cols]
-                region_rel += weight * (tex_rel[index] - region_rel)
-    return RenderedVolumes({c: signal[i] for i, c in enumerate(contrasts)}, texture_hu, texture_rel)
+                change = values[index][:, None, None] - region
+                change *= weight
+                region += change
+    k = len(contrasts)
+    zeros = None
+    textures: dict[str, np.ndarray] = {}
+    for offset, kind in enumerate(texture_kinds):
+        textures[kind] = stack[k + offset]
+    if len(textures) < 2:
+        zeros = np.zeros((nz, ny, nx), dtype=np.float32)
+    return RenderedVolumes({c: stack[i] for i, c in enumerate(contrasts)},
+                           textures.get("hu", zeros), textures.get("rel", zeros))  # type: ignore[arg-type]
 
 
 def _smoothing_matrix(count: int, spacing: float, correlation_mm: float) -> np.ndarray:
@@ -443,7 +483,3 @@ def window_from_percentiles(values: np.ndarray, low: float = 1.0, high: float = 
     lo, hi = np.percentile(body, (low, high))
     width = max(float(hi - lo), 1.0)
     return float(lo + width / 2), width
-
-
-def contrasts_are_known(contrasts: Mapping[str, object] | Sequence[str]) -> bool:
-    return all(c in CONTRASTS for c in contrasts)

@@ -25,6 +25,7 @@ from gateway.compute.kernels.arrays import (
     as_mask,
     as_spacing,
     as_volume,
+    cupy_raw_kernel,
     jit_kernel,
     prange,
     require_finite,
@@ -157,7 +158,7 @@ def _sphere_means_cupy(volume: np.ndarray, centres: np.ndarray, offsets: np.ndar
     """One GPU thread per centre, each summing its sphere (a fused form of the NumPy loop)."""
     import cupy
 
-    kernel = cupy.RawKernel(_SPHERE_MEANS_SOURCE, "sphere_means")
+    kernel = cupy_raw_kernel(_SPHERE_MEANS_SOURCE, "sphere_means")
     n_centres = centres.shape[0]
     means = cupy.empty(n_centres, dtype=cupy.float64)
     if n_centres == 0:

@@ -7,6 +7,7 @@ because a radiomics value computed from a malformed input is worse than no value
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -85,6 +86,14 @@ def to_device(array: np.ndarray) -> Any:
     import cupy
 
     return cupy.asarray(array)
+
+
+@functools.cache
+def cupy_raw_kernel(source: str, name: str) -> Any:
+    """A compiled CUDA kernel, built once per process (CuPy also caches the binary on disk)."""
+    import cupy
+
+    return cupy.RawKernel(source, name)
 
 
 def to_host(array: Any) -> np.ndarray:

@@ -37,8 +37,8 @@ from gateway.compute.features.texture.aggregation import (
     NON_DIRECTIONAL_AGGREGATIONS,
 )
 from gateway.compute.features.texture.context import TextureContext
-from gateway.compute.features.texture.gldzm import gldzm_features, gldzm_from_context
 from gateway.compute.features.texture.glcm import glcm_features, glcm_from_context
+from gateway.compute.features.texture.gldzm import gldzm_features, gldzm_from_context
 from gateway.compute.features.texture.glrlm import glrlm_features, glrlm_from_context
 from gateway.compute.features.texture.glszm import glszm_features, glszm_from_context
 from gateway.compute.features.texture.ngldm import ngldm_features, ngldm_from_context
@@ -85,8 +85,8 @@ __all__ = [
     "DIRECTIONAL_AGGREGATIONS",
     "FAMILIES",
     "NON_DIRECTIONAL_AGGREGATIONS",
-    "gldzm_features",
     "glcm_features",
+    "gldzm_features",
     "glrlm_features",
     "glszm_features",
     "ngldm_features",

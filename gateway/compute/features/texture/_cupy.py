@@ -156,10 +156,15 @@ void zone_nearest_border(const int* root, const int* distance, int* nearest, con
 
 
 @functools.cache
-def _kernel(name: str) -> Any:
+def _module() -> Any:
     import cupy
 
-    return cupy.RawModule(code=_KERNEL_SOURCE).get_function(name)
+    return cupy.RawModule(code=_KERNEL_SOURCE)
+
+
+@functools.cache
+def _kernel(name: str) -> Any:
+    return _module().get_function(name)
 
 
 def _launch(name: str, n_threads: int, *arguments: Any) -> None:
@@ -207,7 +212,7 @@ def _border_distance_on_device(morphological_mask: np.ndarray, in_plane: bool) -
     n_z, n_y, n_x = morphological_mask.shape
     plane = n_y * n_x
     unreached = n_z + n_y + n_x + 1
-    distance = cupy.where(cupy.asarray(morphological_mask), unreached, 0).astype(cupy.int32)
+    distance = cupy.asarray(morphological_mask).astype(cupy.int32) * np.int32(unreached)
     # (lines, lines per group, stride between lines, stride between groups, step along the line, length)
     passes = [
         (n_z * n_y, n_y, n_x, plane, 1, n_x),  # along x: groups are slices, lines are rows

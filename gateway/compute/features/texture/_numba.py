@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from gateway.compute.features.texture.directions import DIRECTIONS_2D, DIRECTIONS_3D, NEIGHBOURS_2D, NEIGHBOURS_3D
+from gateway.compute.features.texture.directions import DIRECTIONS_3D, NEIGHBOURS_2D, NEIGHBOURS_3D
 from gateway.compute.features.texture.zones import Zones
 
 _BLOCK_BUDGET_ENTRIES = 1 << 25
@@ -24,31 +24,39 @@ def _volume_blocks(n_slices: int, entries_per_block: int) -> int:
     return max(1, min(n_slices, numba.get_num_threads(), by_memory))
 
 
-def _volume_int32(level_index: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(level_index, dtype=np.int32)
+def _padded(level_index: np.ndarray) -> np.ndarray:
+    """The level-index volume with a one-voxel border of zeros (outside the ROI) on every side.
+
+    Every neighbour of an interior voxel then exists, so the kernels step through the flat array by fixed
+    offsets with no bounds checks, and runs stop at the border by themselves.
+    """
+    return np.pad(np.asarray(level_index, dtype=np.int32), 1)
+
+
+def _flat_offsets(shape: tuple[int, ...], steps: np.ndarray) -> np.ndarray:
+    """(dz, dy, dx) steps as offsets in the flattened C-order array of ``shape``."""
+    _, n_y, n_x = shape
+    steps = np.asarray(steps, dtype=np.int64)
+    return np.ascontiguousarray(steps[:, 0] * n_y * n_x + steps[:, 1] * n_x + steps[:, 2])
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _cooccurrence_kernel(
-    level_index: np.ndarray, directions: np.ndarray, n_present: int, n_blocks: int
-) -> np.ndarray:
-    n_z, n_y, n_x = level_index.shape
-    n_directions = directions.shape[0]
+def _cooccurrence_kernel(padded: np.ndarray, offsets: np.ndarray, n_present: int, n_blocks: int) -> np.ndarray:
+    n_z, n_y, n_x = padded.shape
+    inner_slices = n_z - 2
+    flat = padded.ravel()
+    n_directions = offsets.shape[0]
     counts = np.zeros((n_blocks, n_directions, n_present, n_present), dtype=np.int64)
     for block in prange(n_blocks):
-        for z in range(block * n_z // n_blocks, (block + 1) * n_z // n_blocks):
-            for y in range(n_y):
-                for x in range(n_x):
-                    first = level_index[z, y, x]
+        for z in range(1 + block * inner_slices // n_blocks, 1 + (block + 1) * inner_slices // n_blocks):
+            for y in range(1, n_y - 1):
+                row = (z * n_y + y) * n_x
+                for x in range(1, n_x - 1):
+                    first = flat[row + x]
                     if first == 0:
                         continue
                     for d in range(n_directions):
-                        zz = z + directions[d, 0]
-                        yy = y + directions[d, 1]
-                        xx = x + directions[d, 2]
-                        if zz < 0 or zz >= n_z or yy < 0 or yy >= n_y or xx < 0 or xx >= n_x:
-                            continue
-                        second = level_index[zz, yy, xx]
+                        second = flat[row + x + offsets[d]]
                         if second > 0:
                             counts[block, d, first - 1, second - 1] += 1
     return counts
@@ -58,50 +66,43 @@ def count_cooccurrences(
     level_index: np.ndarray, n_present: int, directions: np.ndarray, per_slice: bool
 ) -> np.ndarray:
     """Ordered-pair counts (slices or 1, directions, n_present, n_present); see the NumPy reference."""
-    level_index = _volume_int32(level_index)
-    directions = np.ascontiguousarray(directions, dtype=np.int64)
+    padded = _padded(level_index)
+    offsets = _flat_offsets(padded.shape, directions)
     n_slices = level_index.shape[0]
     if per_slice:
-        return _cooccurrence_kernel(level_index, directions, n_present, n_slices)
+        return _cooccurrence_kernel(padded, offsets, n_present, n_slices)
     blocks = _volume_blocks(n_slices, len(directions) * n_present * n_present)
-    return _cooccurrence_kernel(level_index, directions, n_present, blocks).sum(axis=0, keepdims=True)
+    return _cooccurrence_kernel(padded, offsets, n_present, blocks).sum(axis=0, keepdims=True)
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def _run_kernel(
-    level_index: np.ndarray, directions: np.ndarray, n_present: int, max_run: int, n_blocks: int
+    padded: np.ndarray, offsets: np.ndarray, n_present: int, max_run: int, n_blocks: int
 ) -> np.ndarray:
-    n_z, n_y, n_x = level_index.shape
-    n_directions = directions.shape[0]
+    n_z, n_y, n_x = padded.shape
+    inner_slices = n_z - 2
+    flat = padded.ravel()
+    n_directions = offsets.shape[0]
     counts = np.zeros((n_blocks, n_directions, n_present, max_run), dtype=np.int64)
     for block in prange(n_blocks):
-        for z in range(block * n_z // n_blocks, (block + 1) * n_z // n_blocks):
-            for y in range(n_y):
-                for x in range(n_x):
-                    level = level_index[z, y, x]
+        for z in range(1 + block * inner_slices // n_blocks, 1 + (block + 1) * inner_slices // n_blocks):
+            for y in range(1, n_y - 1):
+                row = (z * n_y + y) * n_x
+                for x in range(1, n_x - 1):
+                    voxel = row + x
+                    level = flat[voxel]
                     if level == 0:
                         continue
                     for d in range(n_directions):
-                        step_z = directions[d, 0]
-                        step_y = directions[d, 1]
-                        step_x = directions[d, 2]
+                        step = offsets[d]
                         # Only the first voxel of a run walks it, so each run is counted once.
-                        zz = z - step_z
-                        yy = y - step_y
-                        xx = x - step_x
-                        if (0 <= zz < n_z and 0 <= yy < n_y and 0 <= xx < n_x
-                                and level_index[zz, yy, xx] == level):
+                        if flat[voxel - step] == level:
                             continue
                         length = 1
-                        zz = z + step_z
-                        yy = y + step_y
-                        xx = x + step_x
-                        while (0 <= zz < n_z and 0 <= yy < n_y and 0 <= xx < n_x
-                               and level_index[zz, yy, xx] == level):
+                        ahead = voxel + step
+                        while flat[ahead] == level:
                             length += 1
-                            zz += step_z
-                            yy += step_y
-                            xx += step_x
+                            ahead += step
                         counts[block, d, level - 1, length - 1] += 1
     return counts
 
@@ -110,13 +111,13 @@ def count_runs(
     level_index: np.ndarray, n_present: int, directions: np.ndarray, per_slice: bool, max_run: int
 ) -> np.ndarray:
     """Run counts (slices or 1, directions, n_present, max_run); see the NumPy reference."""
-    level_index = _volume_int32(level_index)
-    directions = np.ascontiguousarray(directions, dtype=np.int64)
+    padded = _padded(level_index)
+    offsets = _flat_offsets(padded.shape, directions)
     n_slices = level_index.shape[0]
     if per_slice:
-        return _run_kernel(level_index, directions, n_present, max_run, n_slices)
+        return _run_kernel(padded, offsets, n_present, max_run, n_slices)
     blocks = _volume_blocks(n_slices, len(directions) * n_present * max_run)
-    return _run_kernel(level_index, directions, n_present, max_run, blocks).sum(axis=0, keepdims=True)
+    return _run_kernel(padded, offsets, n_present, max_run, blocks).sum(axis=0, keepdims=True)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -191,48 +192,62 @@ def _unite(parent: np.ndarray, first: int, second: int) -> None:
 
 
 @njit(nogil=True, cache=True)
-def _unite_with_earlier_neighbours(
-    level_index: np.ndarray, parent: np.ndarray, earlier: np.ndarray, z: int, lowest_z: int
+def _unite_slice_with_earlier(
+    flat: np.ndarray, parent: np.ndarray, earlier: np.ndarray, z: int, n_y: int, n_x: int,
+    with_previous_slice: bool,
 ) -> None:
-    n_z, n_y, n_x = level_index.shape
-    for y in range(n_y):
-        for x in range(n_x):
-            level = level_index[z, y, x]
+    # ``earlier`` holds the flat offsets of the 4 in-plane neighbours that precede a voxel in memory order,
+    # then the 9 of the previous slice. Two same-level neighbours that touch each other are already joined
+    # (the later of them was processed before this voxel), which lets the common cases skip most unions.
+    plane = n_y * n_x
+    n_earlier = earlier.shape[0] if with_previous_slice else 4
+    for y in range(1, n_y - 1):
+        row = (z * n_y + y) * n_x
+        for x in range(1, n_x - 1):
+            voxel = row + x
+            level = flat[voxel]
             if level == 0:
                 continue
-            voxel = (z * n_y + y) * n_x + x
-            for k in range(earlier.shape[0]):
-                zz = z + earlier[k, 0]
-                yy = y + earlier[k, 1]
-                xx = x + earlier[k, 2]
-                if zz < lowest_z or yy < 0 or yy >= n_y or xx < 0 or xx >= n_x:
-                    continue
-                if level_index[zz, yy, xx] == level:
-                    _unite(parent, voxel, (zz * n_y + yy) * n_x + xx)
+            if with_previous_slice and flat[voxel - plane] == level:
+                # The voxel straight below touches all 12 other earlier neighbours.
+                _unite(parent, voxel, voxel - plane)
+                continue
+            if flat[voxel - n_x] == level:
+                # The voxel straight above in the slice touches all earlier neighbours but the three of
+                # the previous slice's next row.
+                _unite(parent, voxel, voxel - n_x)
+                if with_previous_slice:
+                    for dx in range(-1, 2):
+                        other = voxel - plane + n_x + dx
+                        if flat[other] == level:
+                            _unite(parent, voxel, other)
+                continue
+            for k in range(n_earlier):
+                other = voxel + earlier[k]
+                if flat[other] == level:
+                    _unite(parent, voxel, other)
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _label_zones_kernel(
-    level_index: np.ndarray, earlier: np.ndarray, n_slabs: int, join_seams: bool
-) -> np.ndarray:
+def _label_zones_kernel(padded: np.ndarray, earlier: np.ndarray, n_slabs: int, join_slices: bool) -> np.ndarray:
     # Union-find over voxels, each joined with its already-visited neighbours of the same level. Slabs of
     # slices are labelled in parallel (a slab's unions touch only its own voxels), then the seams between
     # slabs are joined one after another.
-    n_z, n_y, n_x = level_index.shape
-    n_voxels = n_z * n_y * n_x
+    n_z, n_y, n_x = padded.shape
+    inner_slices = n_z - 2
+    flat = padded.ravel()
+    n_voxels = flat.shape[0]
     parent = np.arange(n_voxels)
     for slab in prange(n_slabs):
-        first_slice = slab * n_z // n_slabs
-        for z in range(first_slice, (slab + 1) * n_z // n_slabs):
-            _unite_with_earlier_neighbours(level_index, parent, earlier, z, first_slice)
-    if join_seams:
+        first_slice = 1 + slab * inner_slices // n_slabs
+        for z in range(first_slice, 1 + (slab + 1) * inner_slices // n_slabs):
+            _unite_slice_with_earlier(flat, parent, earlier, z, n_y, n_x, join_slices and z > first_slice)
+    if join_slices:
         for slab in range(1, n_slabs):
-            seam = slab * n_z // n_slabs
-            _unite_with_earlier_neighbours(level_index, parent, earlier, seam, 0)
-    flat_levels = level_index.ravel()
+            _unite_slice_with_earlier(flat, parent, earlier, 1 + slab * inner_slices // n_slabs, n_y, n_x, True)
     root = np.empty(n_voxels, dtype=np.int64)
     for voxel in prange(n_voxels):
-        if flat_levels[voxel] == 0:
+        if flat[voxel] == 0:
             root[voxel] = -1
             continue
         ancestor = np.int64(voxel)
@@ -244,11 +259,10 @@ def _label_zones_kernel(
 
 @njit(nogil=True, cache=True)
 def _zone_statistics_kernel(
-    level_index: np.ndarray, root: np.ndarray, distance: np.ndarray, with_distance: bool
+    padded: np.ndarray, root: np.ndarray, distance: np.ndarray, with_distance: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    n_z, n_y, n_x = level_index.shape
-    plane = n_y * n_x
-    flat_levels = level_index.ravel()
+    plane = padded.shape[1] * padded.shape[2]
+    flat_levels = padded.ravel()
     flat_distance = distance.ravel()
     size = np.zeros(root.shape[0], dtype=np.int64)
     nearest = np.full(root.shape[0], np.iinfo(np.int32).max, dtype=np.int64)
@@ -271,7 +285,7 @@ def _zone_statistics_kernel(
         if root[voxel] == voxel:
             zone_level[k] = flat_levels[voxel]
             zone_size[k] = size[voxel]
-            zone_slice[k] = voxel // plane
+            zone_slice[k] = voxel // plane - 1  # back to unpadded slices
             if with_distance:
                 zone_distance[k] = nearest[voxel]
             k += 1
@@ -280,45 +294,43 @@ def _zone_statistics_kernel(
 
 def find_zones(level_index: np.ndarray, in_plane: bool, distance: np.ndarray | None) -> Zones:
     """Zones by union-find; see ``zones.find_zones_reference``."""
-    level_index = _volume_int32(level_index)
+    padded = _padded(level_index)
+    # Negated forward directions are the neighbours that precede a voxel in memory order, in-plane first.
+    earlier = _flat_offsets(padded.shape, -DIRECTIONS_3D)
     n_slices = level_index.shape[0]
-    # Negated forward directions are the neighbours already visited in memory order.
-    earlier = np.ascontiguousarray(-(DIRECTIONS_2D if in_plane else DIRECTIONS_3D))
     n_slabs = n_slices if in_plane else max(1, min(n_slices, numba.get_num_threads()))
-    root = _label_zones_kernel(level_index, earlier, n_slabs, not in_plane)
+    root = _label_zones_kernel(padded, earlier, n_slabs, not in_plane)
     with_distance = distance is not None
-    distance_volume = (
-        np.ascontiguousarray(distance, dtype=np.int32) if distance is not None
+    padded_distance = (
+        np.pad(np.asarray(distance, dtype=np.int32), 1) if distance is not None
         else np.zeros((1, 1, 1), dtype=np.int32)
     )
-    levels, sizes, slices, distances = _zone_statistics_kernel(level_index, root, distance_volume, with_distance)
+    levels, sizes, slices, distances = _zone_statistics_kernel(padded, root, padded_distance, with_distance)
     return Zones(levels, sizes, slices, distances if with_distance else None)
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def _grey_tone_kernel(
-    level_index: np.ndarray, grey_values: np.ndarray, neighbours: np.ndarray, n_blocks: int
+    padded: np.ndarray, grey_values: np.ndarray, offsets: np.ndarray, n_blocks: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    n_z, n_y, n_x = level_index.shape
+    n_z, n_y, n_x = padded.shape
+    inner_slices = n_z - 2
+    flat = padded.ravel()
     n_present = grey_values.shape[0]
     voxel_counts = np.zeros((n_blocks, n_present), dtype=np.int64)
     difference_sums = np.zeros((n_blocks, n_present), dtype=np.float64)
     for block in prange(n_blocks):
-        for z in range(block * n_z // n_blocks, (block + 1) * n_z // n_blocks):
-            for y in range(n_y):
-                for x in range(n_x):
-                    level = level_index[z, y, x]
+        for z in range(1 + block * inner_slices // n_blocks, 1 + (block + 1) * inner_slices // n_blocks):
+            for y in range(1, n_y - 1):
+                row = (z * n_y + y) * n_x
+                for x in range(1, n_x - 1):
+                    level = flat[row + x]
                     if level == 0:
                         continue
                     neighbour_sum = 0.0
                     neighbour_count = 0
-                    for k in range(neighbours.shape[0]):
-                        zz = z + neighbours[k, 0]
-                        yy = y + neighbours[k, 1]
-                        xx = x + neighbours[k, 2]
-                        if zz < 0 or zz >= n_z or yy < 0 or yy >= n_y or xx < 0 or xx >= n_x:
-                            continue
-                        neighbour = level_index[zz, yy, xx]
+                    for k in range(offsets.shape[0]):
+                        neighbour = flat[row + x + offsets[k]]
                         if neighbour > 0:
                             neighbour_sum += grey_values[neighbour - 1]
                             neighbour_count += 1
@@ -334,38 +346,36 @@ def grey_tone_differences(
     level_index: np.ndarray, grey_values: np.ndarray, in_plane: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n_i, s_i) per slice or for the volume; see ``ngtdm.grey_tone_differences_reference``."""
-    level_index = _volume_int32(level_index)
+    padded = _padded(level_index)
+    offsets = _flat_offsets(padded.shape, NEIGHBOURS_2D if in_plane else NEIGHBOURS_3D)
     grey_values = np.ascontiguousarray(grey_values, dtype=np.float64)
-    neighbours = np.ascontiguousarray(NEIGHBOURS_2D if in_plane else NEIGHBOURS_3D)
     n_slices = level_index.shape[0]
     if in_plane:
-        return _grey_tone_kernel(level_index, grey_values, neighbours, n_slices)
+        return _grey_tone_kernel(padded, grey_values, offsets, n_slices)
     blocks = _volume_blocks(n_slices, 2 * len(grey_values))
-    voxel_counts, difference_sums = _grey_tone_kernel(level_index, grey_values, neighbours, blocks)
+    voxel_counts, difference_sums = _grey_tone_kernel(padded, grey_values, offsets, blocks)
     return voxel_counts.sum(axis=0, keepdims=True), difference_sums.sum(axis=0, keepdims=True)
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def _dependence_kernel(
-    level_index: np.ndarray, neighbours: np.ndarray, n_present: int, n_columns: int, n_blocks: int
+    padded: np.ndarray, offsets: np.ndarray, n_present: int, n_columns: int, n_blocks: int
 ) -> np.ndarray:
-    n_z, n_y, n_x = level_index.shape
+    n_z, n_y, n_x = padded.shape
+    inner_slices = n_z - 2
+    flat = padded.ravel()
     counts = np.zeros((n_blocks, n_present, n_columns), dtype=np.int64)
     for block in prange(n_blocks):
-        for z in range(block * n_z // n_blocks, (block + 1) * n_z // n_blocks):
-            for y in range(n_y):
-                for x in range(n_x):
-                    level = level_index[z, y, x]
+        for z in range(1 + block * inner_slices // n_blocks, 1 + (block + 1) * inner_slices // n_blocks):
+            for y in range(1, n_y - 1):
+                row = (z * n_y + y) * n_x
+                for x in range(1, n_x - 1):
+                    level = flat[row + x]
                     if level == 0:
                         continue
                     dependence = 1
-                    for k in range(neighbours.shape[0]):
-                        zz = z + neighbours[k, 0]
-                        yy = y + neighbours[k, 1]
-                        xx = x + neighbours[k, 2]
-                        if zz < 0 or zz >= n_z or yy < 0 or yy >= n_y or xx < 0 or xx >= n_x:
-                            continue
-                        if level_index[zz, yy, xx] == level:
+                    for k in range(offsets.shape[0]):
+                        if flat[row + x + offsets[k]] == level:
                             dependence += 1
                     counts[block, level - 1, dependence - 1] += 1
     return counts
@@ -373,10 +383,10 @@ def _dependence_kernel(
 
 def count_dependences(level_index: np.ndarray, n_present: int, in_plane: bool, n_columns: int) -> np.ndarray:
     """Dependence counts (slices or 1, n_present, n_columns); see ``ngldm.count_dependences_reference``."""
-    level_index = _volume_int32(level_index)
-    neighbours = np.ascontiguousarray(NEIGHBOURS_2D if in_plane else NEIGHBOURS_3D)
+    padded = _padded(level_index)
+    offsets = _flat_offsets(padded.shape, NEIGHBOURS_2D if in_plane else NEIGHBOURS_3D)
     n_slices = level_index.shape[0]
     if in_plane:
-        return _dependence_kernel(level_index, neighbours, n_present, n_columns, n_slices)
+        return _dependence_kernel(padded, offsets, n_present, n_columns, n_slices)
     blocks = _volume_blocks(n_slices, n_present * n_columns)
-    return _dependence_kernel(level_index, neighbours, n_present, n_columns, blocks).sum(axis=0, keepdims=True)
+    return _dependence_kernel(padded, offsets, n_present, n_columns, blocks).sum(axis=0, keepdims=True)

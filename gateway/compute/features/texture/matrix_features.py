@@ -72,7 +72,9 @@ def cooccurrence_features(counts: np.ndarray, grey_values: np.ndarray, n_levels:
     variance; correlation; autocorrelation; cluster tendency, shade, prominence; information
     correlation 1 and 2. An empty matrix gives a row of NaN.
     """
-    return _in_groups(_cooccurrence_features, COOCCURRENCE_FEATURE_COUNT, counts, grey_values=grey_values, n_levels=n_levels)
+    return _in_groups(
+        _cooccurrence_features, COOCCURRENCE_FEATURE_COUNT, counts, grey_values=grey_values, n_levels=n_levels
+    )
 
 
 def _cooccurrence_features(counts: np.ndarray, *, grey_values: np.ndarray, n_levels: int) -> np.ndarray:
@@ -235,7 +237,10 @@ def ngtdm_features(
     one grey level is present (N_g,p − 1 = 0); busyness when the denominator Σ|i p_i − j p_j| is zero (one
     grey level); strength when Σ s_i = 0.
     """
-    return _in_groups(_ngtdm_features, NGTDM_FEATURE_COUNT, voxel_counts.astype(np.float64), difference_sums, grey_values=grey_values)
+    return _in_groups(
+        _ngtdm_features, NGTDM_FEATURE_COUNT, voxel_counts.astype(np.float64), difference_sums,
+        grey_values=grey_values,
+    )
 
 
 def _ngtdm_features(voxel_counts: np.ndarray, difference_sums: np.ndarray, *, grey_values: np.ndarray) -> np.ndarray:
