@@ -225,53 +225,106 @@ class IngestService:
         return self.store_upload(path, sha256, expected_study_uid)
 
     def store_upload(self, path: Path, sha256: str, expected_study_uid: str | None = None) -> StoreResult:
-        """Store a finished upload (a Part 10 file in the tmp dir). The upload is consumed either way."""
+        """Store one finished upload (a PS3.10 file in the tmp dir). The upload is consumed either way."""
+        return self.store_uploads([(path, sha256)], expected_study_uid)[0]
+
+    def store_uploads(self, uploads: list[tuple[Path, str]],
+                      expected_study_uid: str | None = None) -> list[StoreResult]:
+        """Store finished uploads as one group; each gets its own result and one failure spoils no other.
+
+        Durability is bought once per group rather than once per instance (the fsyncs dominate the cost of a
+        small instance): one file-system sync makes every upload's content durable, one more the renames that
+        place them, and a single index commit follows. Nothing is reported stored before that commit.
+        """
+        results: list[StoreResult | None] = [None] * len(uploads)
+        candidates: list[tuple[int, ParsedInstance, Path, str]] = []
         try:
-            if add_missing_preamble(path):
-                sha256 = file_sha256(path)
-            parsed = parse_instance(path, self.bulk_threshold)
-            if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
-                raise InstanceRejected(
-                    STUDY_UID_MISMATCH,
-                    f"StudyInstanceUID {parsed.study_instance_uid} does not match the study in the URL "
-                    f"({expected_study_uid})", conflict=True)
-            result = self._index(parsed, path, sha256)
-        except InstanceRejected as exc:
-            parsed_uids = locals().get("parsed")
-            result = StoreResult("failed", failure_reason=exc.reason, message=exc.message, conflict=exc.conflict)
-            if parsed_uids is not None:
-                result.sop_class_uid = parsed_uids.sop_class_uid
-                result.sop_instance_uid = parsed_uids.sop_instance_uid
-                result.study_instance_uid = parsed_uids.study_instance_uid
-                result.series_instance_uid = parsed_uids.series_instance_uid
-        except OSError as exc:
-            log.exception("storing failed")
-            result = StoreResult("failed", failure_reason=OUT_OF_RESOURCES, message=f"storage error: {exc}")
-        except Exception as exc:  # noqa: BLE001 - reported per instance, never as a 500 for the batch
-            log.exception("storing failed")
-            result = StoreResult("failed", failure_reason=PROCESSING_FAILURE, message=f"processing failure: {exc}")
+            for index, (path, sha256) in enumerate(uploads):
+                parsed: ParsedInstance | None = None
+                try:
+                    if add_missing_preamble(path):
+                        sha256 = file_sha256(path)
+                    parsed = parse_instance(path, self.bulk_threshold)
+                    if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
+                        raise InstanceRejected(
+                            STUDY_UID_MISMATCH,
+                            f"StudyInstanceUID {parsed.study_instance_uid} does not match the study in the URL "
+                            f"({expected_study_uid})", conflict=True)
+                    candidates.append((index, parsed, path, sha256))
+                except InstanceRejected as exc:
+                    results[index] = self._failure(exc, parsed)
+                except Exception as exc:  # noqa: BLE001 - reported per instance, never a 500 for the batch
+                    log.exception("reading an upload failed")
+                    results[index] = StoreResult("failed", failure_reason=PROCESSING_FAILURE,
+                                                 message=f"processing failure: {exc}")
+            if candidates:
+                self._index_group(candidates, results)
         finally:
-            path.unlink(missing_ok=True)
-        if result.status == "stored":
+            for path, _ in uploads:
+                path.unlink(missing_ok=True)
+        final = [r if r is not None else StoreResult("failed", failure_reason=PROCESSING_FAILURE,
+                                                     message="not processed") for r in results]
+        self._publish(final)
+        return final
+
+    @staticmethod
+    def _failure(exc: InstanceRejected, parsed: ParsedInstance | None) -> StoreResult:
+        result = StoreResult("failed", failure_reason=exc.reason, message=exc.message, conflict=exc.conflict)
+        if parsed is not None:
+            result.sop_class_uid = parsed.sop_class_uid
+            result.sop_instance_uid = parsed.sop_instance_uid
+            result.study_instance_uid = parsed.study_instance_uid
+            result.series_instance_uid = parsed.series_instance_uid
+        return result
+
+    def _publish(self, results: list[StoreResult]) -> None:
+        for result in results:
+            if result.status != "stored":
+                continue
             event = StoredEvent(result.study_instance_uid, result.series_instance_uid, result.sop_instance_uid)
             for listener in self.stored_listeners:
                 try:
                     listener(event)
                 except Exception:  # noqa: BLE001 - a listener's failure must not undo a committed store
                     log.exception("stored-instance listener failed")
-        return result
 
-    def _index(self, parsed: ParsedInstance, upload: Path, sha256: str) -> StoreResult:
+    def _index_group(self, candidates: list[tuple[int, ParsedInstance, Path, str]],
+                     results: list[StoreResult | None]) -> None:
+        try:
+            self.files.make_durable([path for _, _, path, _ in candidates])
+        except OSError as exc:
+            for index, parsed, _, _ in candidates:
+                results[index] = self._failure(InstanceRejected(OUT_OF_RESOURCES, f"storage error: {exc}"), parsed)
+            return
+        placed: list[str] = []
+        lock_keys = tuple(sorted({parsed.study_instance_uid for _, parsed, _, _ in candidates}))
+        try:
+            with write_session(self.engine, lock_keys=lock_keys) as session:
+                for index, parsed, path, sha256 in candidates:
+                    results[index] = self._index_one(session, parsed, path, sha256, placed)
+                if placed:
+                    self.files.make_durable([self.files.absolute(relative) for relative in placed], directories=True)
+        except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of the group is stored
+            log.exception("indexing a group of %d instances failed", len(candidates))
+            for relative in placed:
+                self.files.remove(relative)
+            reason = OUT_OF_RESOURCES if isinstance(exc, OSError) else PROCESSING_FAILURE
+            for index, parsed, _, _ in candidates:
+                if results[index] is None or results[index].status == "stored":  # type: ignore[union-attr]
+                    results[index] = self._failure(InstanceRejected(reason, f"not stored: {exc}"), parsed)
+
+    def _index_one(self, session: Session, parsed: ParsedInstance, upload: Path, sha256: str,
+                   placed: list[str]) -> StoreResult:
+        """Index one instance inside the group's transaction, under a savepoint of its own."""
         result = StoreResult("stored", parsed.sop_class_uid, parsed.sop_instance_uid,
                              parsed.study_instance_uid, parsed.series_instance_uid)
         relative = self.files.relative_path(parsed.study_instance_uid, parsed.series_instance_uid,
                                             parsed.sop_instance_uid)
-        placed = False
+        newly_placed = False
         try:
-            with write_session(self.engine, lock_keys=(parsed.study_instance_uid,)) as session:
+            with session.begin_nested():
                 existing = session.execute(
-                    select(Instance.sha256, Instance.file_path)
-                    .where(Instance.sop_instance_uid == parsed.sop_instance_uid)).first()
+                    select(Instance.sha256).where(Instance.sop_instance_uid == parsed.sop_instance_uid)).first()
                 if existing is not None:
                     if existing.sha256 == sha256:
                         result.status = "duplicate"
@@ -281,18 +334,24 @@ class IngestService:
                         DUPLICATE_SOP_INSTANCE,
                         f"SOPInstanceUID {parsed.sop_instance_uid} is already stored with different content; "
                         "delete the stored instance first to replace it", conflict=True)
-                placed = self.files.place(upload, relative, sha256)
+                newly_placed = self.files.place(upload, relative, sha256)
                 self._insert_rows(session, parsed, relative, sha256, os.stat(self.files.absolute(relative)).st_size)
-        except IntegrityError as exc:
-            if placed:
+        except InstanceRejected as exc:
+            if newly_placed:
                 self.files.remove(relative)
-            raise InstanceRejected(DUPLICATE_SOP_INSTANCE,
-                                   f"conflicting concurrent store of {parsed.sop_instance_uid}: {exc.orig}",
-                                   conflict=True) from exc
+            return self._failure(exc, parsed)
+        except IntegrityError as exc:
+            if newly_placed:
+                self.files.remove(relative)
+            return self._failure(InstanceRejected(
+                DUPLICATE_SOP_INSTANCE, f"conflicting store of {parsed.sop_instance_uid}: {exc.orig}",
+                conflict=True), parsed)
         except BaseException:
-            if placed:
+            if newly_placed:
                 self.files.remove(relative)
             raise
+        if newly_placed:
+            placed.append(relative)
         return result
 
     def _insert_rows(self, session: Session, parsed: ParsedInstance, relative: str, sha256: str,

@@ -9,12 +9,12 @@ index row without its file.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import shutil
 import tempfile
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,12 +23,23 @@ from gateway.dicom.uids import validate_uid
 CHUNK = 1024 * 1024
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 
 class SpooledUpload:
@@ -46,11 +57,8 @@ class SpooledUpload:
         self._hash.update(data)
         self.size += len(data)
 
-    def finish(self, fsync: bool = True) -> str:
-        """Flush to stable storage and return the SHA-256 of the content."""
-        self._file.flush()
-        if fsync:
-            os.fsync(self._file.fileno())
+    def finish(self) -> str:
+        """Close the file and return the SHA-256 of the content (FileStore.make_durable syncs it)."""
         self._file.close()
         return self._hash.hexdigest()
 
@@ -63,7 +71,7 @@ class SpooledUpload:
 
 class FileStore:
     def __init__(self, root: Path, tmp_dir: Path, fsync: bool = True) -> None:
-        self.root = root
+        self.root = root.resolve()
         self.tmp_dir = tmp_dir
         self.fsync = fsync
         root.mkdir(parents=True, exist_ok=True)
@@ -85,7 +93,7 @@ class FileStore:
         upload = self.new_upload()
         try:
             upload.write(data)
-            return upload.path, upload.finish(self.fsync)
+            return upload.path, upload.finish()
         except BaseException:
             upload.discard()
             raise
@@ -100,10 +108,10 @@ class FileStore:
         return f"{fan[:2]}/{fan[2:4]}/{study_uid}/{series_uid}/{sop_uid}.dcm"
 
     def absolute(self, relative: str) -> Path:
-        path = (self.root / relative).resolve()
-        if self.root.resolve() not in path.parents:
+        # Stored paths are built from validated UIDs, so a '..' can only come from a corrupted index.
+        if relative.startswith("/") or ".." in relative.split("/"):
             raise ValueError(f"stored path {relative!r} escapes the storage root")
-        return path
+        return self.root / relative
 
     def place(self, upload_path: Path, relative: str, sha256: str) -> bool:
         """Move a finished upload into place. Returns False when an identical file was already there.
@@ -122,9 +130,26 @@ class FileStore:
             os.replace(upload_path, target)
         else:
             upload_path.unlink()
-        if self.fsync:
-            _fsync_dir(target.parent)
         return True
+
+    def make_durable(self, paths: list[Path], directories: bool = False) -> None:
+        """Make written files (or, with ``directories``, their placement) survive a power cut.
+
+        One syncfs() flushes the whole store's file system in a single journal commit, much cheaper than an
+        fsync per file; without syncfs each file (or directory) is fsynced.
+        """
+        if not self.fsync or not paths:
+            return
+        if _syncfs is not None:
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                if _syncfs(fd) == 0:
+                    return
+            finally:
+                os.close(fd)
+        targets = {p.parent for p in paths} if directories else set(paths)
+        for target in targets:
+            _fsync_path(target)
 
     def remove(self, relative: str) -> None:
         path = self.absolute(relative)
@@ -148,10 +173,6 @@ class FileStore:
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
-
-    @staticmethod
-    def new_name() -> str:
-        return uuid.uuid4().hex
 
 
 def file_sha256(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -21,12 +22,49 @@ PRIVATE_CREATOR = "EUCAIM GATEWAY"
 FAILURE_DETAIL_TAG = "00091001"
 
 
+# Uploads are indexed in groups so that durability costs one file-system sync and one commit per group.
+GROUP_INSTANCES = 64
+GROUP_BYTES = 256 * 1024 * 1024
+
+
+class _StoreBatcher:
+    """Collects finished parts and stores them in groups, keeping results in the order of the parts."""
+
+    def __init__(self, expected_study: str | None) -> None:
+        self.expected_study = expected_study
+        self.results: list[StoreResult | None] = []
+        self.pending: list[tuple[int, Path, str]] = []
+        self.pending_bytes = 0
+
+    def add_upload(self, upload: SpooledUpload) -> None:
+        sha256 = upload.finish()
+        self.results.append(None)
+        self.pending.append((len(self.results) - 1, upload.path, sha256))
+        self.pending_bytes += upload.size
+        if len(self.pending) >= GROUP_INSTANCES or self.pending_bytes >= GROUP_BYTES:
+            self.flush()
+
+    def add_failure(self, result: StoreResult) -> None:
+        self.results.append(result)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        stored = node().ingest.store_uploads([(path, sha) for _, path, sha in self.pending], self.expected_study)
+        for (slot, _, _), result in zip(self.pending, stored, strict=True):
+            self.results[slot] = result
+        self.pending, self.pending_bytes = [], 0
+
+    def discard_pending(self) -> None:
+        for _, path, _ in self.pending:
+            path.unlink(missing_ok=True)
+
+
 class _UploadSink:
     """Writes one application/dicom part to a temporary file; refuses parts of other media types."""
 
-    def __init__(self, headers: dict[str, str], results: list[StoreResult], expected_study: str | None) -> None:
-        self.results = results
-        self.expected_study = expected_study
+    def __init__(self, headers: dict[str, str], batcher: _StoreBatcher) -> None:
+        self.batcher = batcher
         content_type = parse_media_type(headers.get("content-type", "application/dicom"))
         self.refusal: str | None = None
         if content_type.type != "application/dicom":
@@ -40,10 +78,10 @@ class _UploadSink:
 
     def complete(self) -> None:
         if self.upload is None:
-            self.results.append(StoreResult("failed", failure_reason=CANNOT_UNDERSTAND, message=self.refusal or ""))
-            return
-        sha256 = self.upload.finish(node().files.fsync)
-        self.results.append(node().ingest.store_upload(self.upload.path, sha256, self.expected_study))
+            self.batcher.add_failure(StoreResult("failed", failure_reason=CANNOT_UNDERSTAND,
+                                                 message=self.refusal or ""))
+        else:
+            self.batcher.add_upload(self.upload)
 
     def abort(self) -> None:
         if self.upload is not None:
@@ -92,15 +130,20 @@ def store(study_uid: str | None = None) -> Response:
     if request.content_length is not None and request.content_length > limit:
         raise Problem(413, f"the request body ({request.content_length} bytes) is larger than the configured "
                            f"limit of {limit} bytes")
-    results: list[StoreResult] = []
+    batcher = _StoreBatcher(study_uid)
     try:
         read_multipart(request.stream, content_type.params.get("boundary", ""),
-                       lambda headers: _UploadSink(headers, results, study_uid))
+                       lambda headers: _UploadSink(headers, batcher))
     except MultipartError as exc:
-        if not results:
+        if not batcher.results:
             raise Problem(400, f"malformed multipart body: {exc}") from exc
-        results.append(StoreResult("failed", failure_reason=CANNOT_UNDERSTAND,
-                                   message=f"the rest of the body was not stored: {exc}"))
+        batcher.add_failure(StoreResult("failed", failure_reason=CANNOT_UNDERSTAND,
+                                        message=f"the rest of the body was not stored: {exc}"))
+    except BaseException:
+        batcher.discard_pending()
+        raise
+    batcher.flush()
+    results = [r for r in batcher.results if r is not None]
     if not results:
         raise Problem(400, "the multipart body contains no parts")
     stored = sum(1 for r in results if r.ok)
