@@ -1,0 +1,197 @@
+"""The store: idempotency, conflicts, atomicity under failures and crashes, deletion, configuration."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from gateway.config import ConfigError, load_settings
+from gateway.node import Node
+from gateway.services import ingest as ingest_module
+from tests.dicom_factory import make_dataset, make_instance, multipart_body, new_uid, stow_headers, to_bytes
+
+
+def _rows(node: Node) -> dict[str, int]:
+    return node.counts()
+
+
+def _files(node: Node) -> list[Path]:
+    return sorted(p for p in node.files.root.rglob("*") if p.is_file())
+
+
+def test_identical_restore_is_idempotent_and_conflict_is_kept(node: Node) -> None:
+    ds = make_dataset()
+    first = node.ingest.store_bytes(to_bytes(ds))
+    again = node.ingest.store_bytes(to_bytes(ds))
+    assert (first.status, again.status) == ("stored", "duplicate")
+    ds.PatientName = "Other^Name"
+    conflict = node.ingest.store_bytes(to_bytes(ds))
+    assert conflict.status == "failed" and conflict.conflict and conflict.failure_reason == 0x0111
+    assert _rows(node)["instances"] == 1 and len(_files(node)) == 1
+
+
+def test_series_under_two_studies_is_refused(node: Node) -> None:
+    series = new_uid()
+    assert node.ingest.store_bytes(make_instance(series_uid=series)).ok
+    moved = node.ingest.store_bytes(make_instance(series_uid=series, study_uid=new_uid()))
+    assert moved.status == "failed" and "another study" in moved.message
+
+
+def test_failure_inside_a_group_spoils_nothing_else(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = [make_instance(seed=i) for i in range(3)]
+    uploads = [node.files.upload_from_bytes(p) for p in parts]
+    original = ingest_module.IngestService._insert_rows
+    calls = {"n": 0}
+
+    def flaky(self, session, parsed, relative, sha256, size):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ingest_module.InstanceRejected(0x0110, "simulated failure")
+        return original(self, session, parsed, relative, sha256, size)
+
+    monkeypatch.setattr(ingest_module.IngestService, "_insert_rows", flaky)
+    results = node.ingest.store_uploads(uploads)
+    assert [r.status for r in results] == ["stored", "failed", "stored"]
+    assert _rows(node)["instances"] == 2 and len(_files(node)) == 2
+    assert not list(node.files.tmp_dir.iterdir())
+
+
+def test_failed_commit_leaves_no_file_and_no_row(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_durable(paths: list[Path], directories: bool = False) -> None:
+        if directories:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(node.files, "make_durable", broken_durable)
+    results = node.ingest.store_uploads([node.files.upload_from_bytes(make_instance(seed=i)) for i in range(3)])
+    assert all(r.status == "failed" and r.failure_reason == 0xA700 for r in results)
+    assert _rows(node) == {"patients": 0, "studies": 0, "series": 0, "instances": 0}
+    assert _files(node) == []
+    assert not list(node.files.tmp_dir.iterdir())
+
+
+def test_delete_keeps_counts_and_modalities_right(node: Node) -> None:
+    study = new_uid()
+    ct, mr = new_uid(), new_uid()
+    for i in range(2):
+        assert node.ingest.store_bytes(make_instance(study_uid=study, series_uid=ct, seed=i)).ok
+    assert node.ingest.store_bytes(make_instance(study_uid=study, series_uid=mr, modality="MR", seed=5)).ok
+    from gateway.services.query import parse_query
+
+    def study_row() -> dict:
+        query = parse_query("study", [("StudyInstanceUID", study)], max_results=10)
+        return node.query.search(query, base_url="http://x").matches[0]
+
+    assert study_row()["00080061"]["Value"] == ["CT", "MR"]
+    assert node.ingest.delete(study, mr) == 1
+    row = study_row()
+    assert row["00080061"]["Value"] == ["CT"]
+    assert row["00201206"]["Value"] == [1] and row["00201208"]["Value"] == [2]
+    assert node.ingest.delete(study) == 2
+    assert _rows(node) == {"patients": 0, "studies": 0, "series": 0, "instances": 0}
+    assert _files(node) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"gateway exited: {process.stdout.read().decode() if process.stdout else ''}")
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise AssertionError("gateway did not start")
+
+
+def test_kill_during_upload_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """A real `gateway serve` process killed with SIGKILL while an upload is in flight: after a restart,
+    what was acknowledged is there and intact, and nothing half-written is anywhere."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path), "--port", str(port),
+               "--log-level", "WARNING"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(url, process)
+        acknowledged = [make_instance(seed=i) for i in range(5)]
+        response = requests.post(url + "/dicomweb/studies", data=multipart_body(acknowledged), headers=stow_headers(),
+                                 timeout=30)
+        assert response.status_code == 200
+        big = multipart_body([make_instance(seed=100 + i, rows=512, columns=512) for i in range(20)])
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            head = (f"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: "
+                    f"{stow_headers()['Content-Type']}\r\nContent-Length: {len(big)}\r\n\r\n")
+            connection.sendall(head.encode() + big[: len(big) * 2 // 3])
+            time.sleep(0.3)
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(url, process)
+        health = requests.get(url + "/health", timeout=5).json()
+        assert health["counts"]["instances"] == 5
+        assert not list((tmp_path / "tmp").iterdir()), "leftover uploads are cleaned at start"
+        stored_files = [p for p in (tmp_path / "instances").rglob("*") if p.is_file()]
+        assert len(stored_files) == 5
+        for data in acknowledged:
+            assert data in [p.read_bytes() for p in stored_files]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_settings_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[server]\nport = 9000\nhost = "0.0.0.0"\n[storage]\ndata_dir = "/srv/a"\n'
+                      '[database]\nurl = "postgresql://x@y/z"\n', encoding="utf-8")
+    from_file = load_settings(config, environ={})
+    assert (from_file.port, from_file.host, str(from_file.data_dir)) == (9000, "0.0.0.0", "/srv/a")
+    assert from_file.database_url == "postgresql://x@y/z"
+    from_env = load_settings(config, environ={"GATEWAY_PORT": "9100", "GATEWAY_ADMIN_TOKENS": "a, b"})
+    assert from_env.port == 9100 and from_env.admin_tokens == ["a", "b"]
+    from_flags = load_settings(config, {"port": 9200}, environ={"GATEWAY_PORT": "9100"})
+    assert from_flags.port == 9200
+    with pytest.raises(ConfigError, match="port"):
+        load_settings(None, {"port": 70000}, environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text("port = = 1", encoding="utf-8")
+        load_settings(bad, environ={})
+
+
+def test_cli_import_and_db(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.dcm").write_bytes(make_instance(seed=i))
+    (folder / "junk.txt").write_text("not dicom", encoding="utf-8")
+    data = tmp_path / "data"
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "import", "--data-dir", str(data), str(folder)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr  # one file failed
+    assert "stored 3" in done.stdout and "failed 1" in done.stdout
+    upgraded = subprocess.run([sys.executable, "-m", "gateway.cli", "db", "upgrade", "--data-dir", str(data)],
+                              capture_output=True, text=True, timeout=120)
+    assert upgraded.returncode == 0, upgraded.stderr
+    bad_config = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(tmp_path / "none.toml")],
+                                capture_output=True, text=True, timeout=60)
+    assert bad_config.returncode == 2 and "does not exist" in bad_config.stderr
