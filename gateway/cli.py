@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +77,38 @@ def _iter_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
+GROUP_SIZE = 64
+
+
 def ingest_files(node: Any, files: Sequence[Path], description: str = "storing") -> dict[str, int]:
-    """Store files one by one with a progress bar; returns counts by outcome."""
+    """Store files in groups with a progress bar; returns counts by outcome."""
+    return _ingest_stream(node, ((str(path), path.read_bytes()) for path in files), description, len(files))
+
+
+def _ingest_stream(node: Any, items: Iterable[tuple[str, bytes]], description: str,
+                   total: int | None = None) -> dict[str, int]:
     from tqdm import tqdm
 
     counts = {"stored": 0, "duplicate": 0, "failed": 0}
-    with tqdm(total=len(files), desc=description, unit="file", disable=None) as progress:
-        for path in files:
-            result = node.ingest.store_bytes(path.read_bytes())
+    group: list[tuple[str, tuple[Path, str]]] = []
+
+    def flush() -> None:
+        results = node.ingest.store_uploads([upload for _, upload in group])
+        for (label, _), result in zip(group, results, strict=True):
             counts[result.status] += 1
             if not result.ok:
-                log.warning("%s: not stored: %s", path, result.message)
-            progress.update(1)
-            progress.set_postfix(counts, refresh=False)
+                log.warning("%s: not stored: %s", label, result.message)
+        progress.update(len(group))
+        progress.set_postfix(counts, refresh=False)
+        group.clear()
+
+    with tqdm(total=total, desc=description, unit="instance", disable=None) as progress:
+        for label, data in items:
+            group.append((label, node.files.upload_from_bytes(data)))
+            if len(group) >= GROUP_SIZE:
+                flush()
+        if group:
+            flush()
     return counts
 
 
@@ -143,23 +162,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         node.close()
 
 
+def _missing_series_only(node: Any, plan: Any) -> Any:
+    """The plan without the series that are already completely stored (a restart need not re-render)."""
+    import dataclasses
+
+    from sqlalchemy import select
+
+    from gateway.store.models import Series
+
+    with node.engine.connect() as connection:
+        stored = dict(connection.execute(select(Series.series_instance_uid, Series.num_instances)).all())
+    patients = []
+    for patient in plan:
+        studies = []
+        for study in patient.studies:
+            missing = tuple(series for series in study.series
+                            if stored.get(series.series_instance_uid) != len(series.sop_instance_uids))
+            if missing:
+                studies.append(dataclasses.replace(study, series=missing))
+        if studies:
+            patients.append(dataclasses.replace(patient, studies=tuple(studies)))
+    return patients
+
+
 def _ingest_demo(node: Any, plan: Any) -> None:
     import io
 
-    from tqdm import tqdm
-
     from gateway.demo.synth import iter_demo_instances
 
-    counts = {"stored": 0, "duplicate": 0, "failed": 0}
-    with tqdm(desc="demo data set", unit="instance", disable=None) as progress:
+    plan = _missing_series_only(node, plan)
+    if not plan:
+        log.info("demo data set already stored")
+        return
+
+    def encoded() -> Iterator[tuple[str, bytes]]:
         for dataset in iter_demo_instances(plan):
             buffer = io.BytesIO()
             dataset.save_as(buffer, enforce_file_format=True)
-            result = node.ingest.store_bytes(buffer.getvalue())
-            counts[result.status] += 1
-            if not result.ok:
-                log.error("demo instance not stored: %s", result.message)
-            progress.update(1)
+            yield str(dataset.SOPInstanceUID), buffer.getvalue()
+
+    total = sum(len(series.sop_instance_uids) for patient in plan for study in patient.studies
+                for series in study.series)
+    counts = _ingest_stream(node, encoded(), "demo data set", total)
     log.info("demo data set: %d stored, %d already present, %d failed", counts["stored"], counts["duplicate"],
              counts["failed"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -10,12 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 import requests
 
 from gateway.config import ConfigError, load_settings
 from gateway.node import Node
-from gateway.services import ingest as ingest_module
+from gateway.dicom.status import InstanceRejected
+from gateway.store.index_writer import GroupIndexWriter
 from tests.dicom_factory import make_dataset, make_instance, multipart_body, new_uid, stow_headers, to_bytes
 
 
@@ -48,16 +51,16 @@ def test_series_under_two_studies_is_refused(node: Node) -> None:
 def test_failure_inside_a_group_spoils_nothing_else(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     parts = [make_instance(seed=i) for i in range(3)]
     uploads = [node.files.upload_from_bytes(p) for p in parts]
-    original = ingest_module.IngestService._insert_rows
-    calls = {"n": 0}
+    original = GroupIndexWriter._write
+    doomed = pydicom.dcmread(io.BytesIO(parts[1])).SOPInstanceUID
 
-    def flaky(self, session, parsed, relative, sha256, size):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise ingest_module.InstanceRejected(0x0110, "simulated failure")
-        return original(self, session, parsed, relative, sha256, size)
+    def flaky(self, record):  # type: ignore[no-untyped-def]
+        written = original(self, record)
+        if record.fields.sop_instance_uid == doomed:  # after its rows were written: they must be taken back
+            raise InstanceRejected(0x0110, "simulated failure")
+        return written
 
-    monkeypatch.setattr(ingest_module.IngestService, "_insert_rows", flaky)
+    monkeypatch.setattr(GroupIndexWriter, "_write", flaky)
     results = node.ingest.store_uploads(uploads)
     assert [r.status for r in results] == ["stored", "failed", "stored"]
     assert _rows(node)["instances"] == 2 and len(_files(node)) == 2

@@ -10,41 +10,35 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from gateway.dicom import levels
+from gateway.dicom.index_fields import IndexFields, index_fields, json_text
 from gateway.dicom.json_model import dataset_to_json, dumps
-from gateway.dicom.normalise import (
-    normalise_date,
-    normalise_time,
-    person_name_fuzzy_key,
-    person_name_match_key,
+from gateway.dicom.status import (
+    CANNOT_UNDERSTAND,
+    DUPLICATE_SOP_INSTANCE,
+    MISSING_ATTRIBUTE,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    STUDY_UID_MISMATCH,
+    InstanceRejected,
 )
 from gateway.dicom.tags import tag_hex
 from gateway.dicom.uids import InvalidUID, validate_uid
 from gateway.store.db import write_session
 from gateway.store.files import FileStore, file_sha256
+from gateway.store.index_writer import GroupIndexWriter, IndexRecord
 from gateway.store.models import Instance, Patient, Series, Study, StudyModality, utcnow
 
 log = logging.getLogger(__name__)
-
-# Failure and warning reasons (PS3.4 Annex B, PS3.7 Annex C, PS3.18 Table 10.5.3-2).
-PROCESSING_FAILURE = 0x0110
-DUPLICATE_SOP_INSTANCE = 0x0111
-MISSING_ATTRIBUTE = 0x0120
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-STUDY_UID_MISMATCH = 0xC409
 
 # Values larger than this are left on disk while parsing; pixel data is never needed to index an instance.
 DEFER_SIZE = 64 * 1024
@@ -84,52 +78,36 @@ class DeletedEvent:
     sop_instance_uids: tuple[str, ...]
 
 
-class InstanceRejected(Exception):
-    def __init__(self, reason: int, message: str, conflict: bool = False) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.conflict = conflict
+class _RedoIsolated(Exception):
+    """An instance failed in a group indexed without savepoints."""
 
 
 @dataclass
 class ParsedInstance:
-    dataset: Dataset
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
+    fields: IndexFields
     transfer_syntax_uid: str
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any]
 
+    @property
+    def sop_class_uid(self) -> str:
+        return self.fields.sop_class_uid
 
-def _text(dataset: Dataset, keyword: str, limit: int | None = None) -> str:
-    try:
-        value = dataset.get(keyword)
-    except Exception:  # noqa: BLE001 - an undecodable optional value is treated as absent
-        return ""
-    if value is None:
-        return ""
-    text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue | list | tuple) else str(value)
-    text = text.strip("\x00 ")
-    return text[:limit] if limit else text
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.fields.sop_instance_uid
 
+    @property
+    def study_instance_uid(self) -> str:
+        return self.fields.study_instance_uid
 
-def _integer(dataset: Dataset, keyword: str) -> int | None:
-    try:
-        value = dataset.get(keyword)
-        if value is None or value == "":
-            return None
-        if isinstance(value, MultiValue):
-            value = value[0]
-        return int(value)
-    except Exception:  # noqa: BLE001 - an undecodable optional number is treated as absent
-        return None
+    @property
+    def series_instance_uid(self) -> str:
+        return self.fields.series_instance_uid
 
 
 def _check_not_truncated(dataset: Dataset, file_size: int) -> None:
     """Deferred values are only skipped over while parsing, so a cut-off file parses 'successfully'."""
-    for tag in dataset.keys():
+    for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset would convert every element
         raw = dataset.get_item(tag)
         length = getattr(raw, "length", None)
         tell = getattr(raw, "value_tell", None)
@@ -179,7 +157,7 @@ def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
         dataset = dcmread(path, defer_size=DEFER_SIZE)
     except InvalidDicomError as exc:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for corrupt input
+    except Exception as exc:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"cannot parse the DICOM file: {exc}") from exc
     _check_not_truncated(dataset, file_size)
     meta = getattr(dataset, "file_meta", None)
@@ -187,27 +165,23 @@ def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
     if not transfer_syntax:
         raise InstanceRejected(CANNOT_UNDERSTAND,
                                "the File Meta Information has no TransferSyntaxUID (0002,0010)")
-    uids: dict[str, str] = {}
-    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        raw = _text(dataset, keyword)
+    try:
+        transfer_syntax = validate_uid(transfer_syntax, "TransferSyntaxUID")
+        metadata = dataset_to_json(dataset, bulk_threshold)
+    except InvalidUID as exc:
+        raise InstanceRejected(CANNOT_UNDERSTAND, str(exc)) from exc
+    except Exception as exc:
+        raise InstanceRejected(CANNOT_UNDERSTAND, f"cannot decode the data set: {exc}") from exc
+    for keyword, tag in (("SOPClassUID", "00080016"), ("SOPInstanceUID", "00080018"),
+                         ("StudyInstanceUID", "0020000D"), ("SeriesInstanceUID", "0020000E")):
+        raw = json_text(metadata, tag)
         if not raw:
             raise InstanceRejected(MISSING_ATTRIBUTE, f"required attribute {keyword} is missing or empty")
         try:
-            uids[keyword] = validate_uid(raw, keyword)
+            validate_uid(raw, keyword)
         except InvalidUID as exc:
             raise InstanceRejected(CANNOT_UNDERSTAND, str(exc)) from exc
-    try:
-        metadata = dataset_to_json(dataset, bulk_threshold)
-    except Exception as exc:  # noqa: BLE001
-        raise InstanceRejected(CANNOT_UNDERSTAND, f"cannot decode the data set: {exc}") from exc
-    return ParsedInstance(dataset, uids["SOPClassUID"], uids["SOPInstanceUID"], uids["StudyInstanceUID"],
-                          uids["SeriesInstanceUID"], validate_uid(transfer_syntax, "TransferSyntaxUID")
-                          if transfer_syntax.replace(".", "").isdigit() else transfer_syntax, metadata)
-
-
-def _subset(metadata: dict[str, Any], tags: frozenset[int]) -> dict[str, Any]:
-    wanted = {tag_hex(t) for t in tags}
-    return {k: v for k, v in metadata.items() if k in wanted}
+    return ParsedInstance(index_fields(metadata), transfer_syntax, metadata)
 
 
 class IngestService:
@@ -253,7 +227,7 @@ class IngestService:
                     candidates.append((index, parsed, path, sha256))
                 except InstanceRejected as exc:
                     results[index] = self._failure(exc, parsed)
-                except Exception as exc:  # noqa: BLE001 - reported per instance, never a 500 for the batch
+                except Exception as exc:
                     log.exception("reading an upload failed")
                     results[index] = StoreResult("failed", failure_reason=PROCESSING_FAILURE,
                                                  message=f"processing failure: {exc}")
@@ -285,7 +259,7 @@ class IngestService:
             for listener in self.stored_listeners:
                 try:
                     listener(event)
-                except Exception:  # noqa: BLE001 - a listener's failure must not undo a committed store
+                except Exception:
                     log.exception("stored-instance listener failed")
 
     def _index_group(self, candidates: list[tuple[int, ParsedInstance, Path, str]],
@@ -296,151 +270,72 @@ class IngestService:
             for index, parsed, _, _ in candidates:
                 results[index] = self._failure(InstanceRejected(OUT_OF_RESOURCES, f"storage error: {exc}"), parsed)
             return
-        placed: list[str] = []
         lock_keys = tuple(sorted({parsed.study_instance_uid for _, parsed, _, _ in candidates}))
-        try:
-            with write_session(self.engine, lock_keys=lock_keys) as session:
-                for index, parsed, path, sha256 in candidates:
-                    results[index] = self._index_one(session, parsed, path, sha256, placed)
-                if placed:
-                    self.files.make_durable([self.files.absolute(relative) for relative in placed], directories=True)
-        except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of the group is stored
-            log.exception("indexing a group of %d instances failed", len(candidates))
-            for relative in placed:
-                self.files.remove(relative)
-            reason = OUT_OF_RESOURCES if isinstance(exc, OSError) else PROCESSING_FAILURE
-            for index, parsed, _, _ in candidates:
-                if results[index] is None or results[index].status == "stored":  # type: ignore[union-attr]
+        # First all instance rows in one statement; only if that meets a conflict that the up-front checks
+        # could not see (a concurrent writer in another process), the group is redone instance by instance.
+        for isolate in (False, True):
+            placed: list[str] = []
+            try:
+                with write_session(self.engine, lock_keys=lock_keys) as session:
+                    writer = GroupIndexWriter(session, (parsed.fields for _, parsed, _, _ in candidates),
+                                              isolate=isolate)
+                    for index, parsed, path, sha256 in candidates:
+                        results[index] = self._index_one(writer, parsed, path, sha256, placed)
+                    writer.finish()
+                    if placed:
+                        self.files.make_durable([self.files.absolute(relative) for relative in placed],
+                                                directories=True)
+                return
+            except (IntegrityError, _RedoIsolated):
+                for relative in placed:
+                    self.files.remove(relative)
+                if isolate:
+                    raise
+                log.info("a group of %d instances had a failing instance; redoing it one by one", len(candidates))
+            except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of the group is stored
+                log.exception("indexing a group of %d instances failed", len(candidates))
+                for relative in placed:
+                    self.files.remove(relative)
+                reason = OUT_OF_RESOURCES if isinstance(exc, OSError) else PROCESSING_FAILURE
+                for index, parsed, _, _ in candidates:
                     results[index] = self._failure(InstanceRejected(reason, f"not stored: {exc}"), parsed)
+                return
 
-    def _index_one(self, session: Session, parsed: ParsedInstance, upload: Path, sha256: str,
+    def _index_one(self, writer: GroupIndexWriter, parsed: ParsedInstance, upload: Path, sha256: str,
                    placed: list[str]) -> StoreResult:
-        """Index one instance inside the group's transaction, under a savepoint of its own."""
-        result = StoreResult("stored", parsed.sop_class_uid, parsed.sop_instance_uid,
-                             parsed.study_instance_uid, parsed.series_instance_uid)
+        stored_sha256 = writer.stored_sha256(parsed.sop_instance_uid)
+        if stored_sha256 is not None:
+            if stored_sha256 == sha256:
+                return StoreResult("duplicate", parsed.sop_class_uid, parsed.sop_instance_uid,
+                                   parsed.study_instance_uid, parsed.series_instance_uid,
+                                   message="an identical instance is already stored")
+            return self._failure(InstanceRejected(
+                DUPLICATE_SOP_INSTANCE,
+                f"SOPInstanceUID {parsed.sop_instance_uid} is already stored with different content; "
+                "delete the stored instance first to replace it", conflict=True), parsed)
         relative = self.files.relative_path(parsed.study_instance_uid, parsed.series_instance_uid,
                                             parsed.sop_instance_uid)
-        newly_placed = False
+        newly_placed = self.files.place(upload, relative, sha256)
+        if newly_placed:
+            placed.append(relative)
         try:
-            with session.begin_nested():
-                existing = session.execute(
-                    select(Instance.sha256).where(Instance.sop_instance_uid == parsed.sop_instance_uid)).first()
-                if existing is not None:
-                    if existing.sha256 == sha256:
-                        result.status = "duplicate"
-                        result.message = "an identical instance is already stored"
-                        return result
-                    raise InstanceRejected(
-                        DUPLICATE_SOP_INSTANCE,
-                        f"SOPInstanceUID {parsed.sop_instance_uid} is already stored with different content; "
-                        "delete the stored instance first to replace it", conflict=True)
-                newly_placed = self.files.place(upload, relative, sha256)
-                self._insert_rows(session, parsed, relative, sha256, os.stat(self.files.absolute(relative)).st_size)
-        except InstanceRejected as exc:
+            writer.add(IndexRecord(parsed.fields, parsed.metadata, dumps(parsed.metadata),
+                                   parsed.transfer_syntax_uid, relative,
+                                   os.stat(self.files.absolute(relative)).st_size, sha256))
+        except (InstanceRejected, IntegrityError) as exc:
+            if not writer.isolate:
+                # Without a savepoint its partial rows cannot be taken back alone: redo the group isolated.
+                raise _RedoIsolated from exc
             if newly_placed:
+                placed.remove(relative)
                 self.files.remove(relative)
-            return self._failure(exc, parsed)
-        except IntegrityError as exc:
-            if newly_placed:
-                self.files.remove(relative)
+            if isinstance(exc, InstanceRejected):
+                return self._failure(exc, parsed)
             return self._failure(InstanceRejected(
                 DUPLICATE_SOP_INSTANCE, f"conflicting store of {parsed.sop_instance_uid}: {exc.orig}",
                 conflict=True), parsed)
-        except BaseException:
-            if newly_placed:
-                self.files.remove(relative)
-            raise
-        if newly_placed:
-            placed.append(relative)
-        return result
-
-    def _insert_rows(self, session: Session, parsed: ParsedInstance, relative: str, sha256: str,
-                     size: int) -> None:
-        ds = parsed.dataset
-        metadata = parsed.metadata
-        series = session.execute(select(Series).where(
-            Series.series_instance_uid == parsed.series_instance_uid)).scalar_one_or_none()
-        study = session.execute(select(Study).where(
-            Study.study_instance_uid == parsed.study_instance_uid)).scalar_one_or_none()
-        if series is not None and (study is None or series.study_pk != study.pk):
-            raise InstanceRejected(
-                CANNOT_UNDERSTAND,
-                f"SeriesInstanceUID {parsed.series_instance_uid} already belongs to another study", conflict=True)
-        now = utcnow()
-        if study is None:
-            patient = self._patient(session, ds)
-            patient_name = _text(ds, "PatientName")
-            study = Study(
-                study_instance_uid=parsed.study_instance_uid, patient_pk=patient.pk,
-                patient_id=patient.patient_id, issuer=patient.issuer, patient_name=patient_name,
-                patient_name_match=person_name_match_key(patient_name),
-                patient_name_fuzzy=person_name_fuzzy_key(patient_name),
-                patient_birth_date=normalise_date(_text(ds, "PatientBirthDate")),
-                patient_sex=_text(ds, "PatientSex", 16),
-                study_date=normalise_date(_text(ds, "StudyDate")),
-                study_time=normalise_time(_text(ds, "StudyTime")),
-                accession_number=_text(ds, "AccessionNumber", 64),
-                study_id=_text(ds, "StudyID", 64),
-                study_description=_text(ds, "StudyDescription"),
-                referring_physician_match=person_name_match_key(_text(ds, "ReferringPhysicianName")),
-                attributes_json=dumps(_subset(metadata, levels.STUDY_LEVEL | levels.COMMON)),
-            )
-            session.add(study)
-            patient.num_studies += 1
-            session.flush()
-        if series is None:
-            modality = _text(ds, "Modality", 16)
-            series = Series(
-                series_instance_uid=parsed.series_instance_uid, study_pk=study.pk, modality=modality,
-                series_number=_integer(ds, "SeriesNumber"),
-                series_description=_text(ds, "SeriesDescription"),
-                body_part_examined=_text(ds, "BodyPartExamined", 64),
-                series_date=normalise_date(_text(ds, "SeriesDate")),
-                pps_start_date=normalise_date(_text(ds, "PerformedProcedureStepStartDate")),
-                pps_start_time=normalise_time(_text(ds, "PerformedProcedureStepStartTime")),
-                attributes_json=dumps(_subset(metadata, levels.SERIES_LEVEL | levels.COMMON)),
-            )
-            session.add(series)
-            session.flush()
-            study.num_series += 1
-            if modality:
-                known = set(filter(None, study.modalities.split("\\")))
-                if modality not in known:
-                    session.add(StudyModality(study_pk=study.pk, modality=modality))
-                    study.modalities = "\\".join(sorted(known | {modality}))
-        session.add(Instance(
-            sop_instance_uid=parsed.sop_instance_uid, series_pk=series.pk, study_pk=study.pk,
-            sop_class_uid=parsed.sop_class_uid, instance_number=_integer(ds, "InstanceNumber"),
-            rows=_integer(ds, "Rows"), columns=_integer(ds, "Columns"),
-            bits_allocated=_integer(ds, "BitsAllocated"), number_of_frames=_integer(ds, "NumberOfFrames"),
-            transfer_syntax_uid=parsed.transfer_syntax_uid[:64], file_path=relative, file_size=size,
-            sha256=sha256, metadata_json=dumps(metadata),
-        ))
-        series.num_instances += 1
-        study.num_instances += 1
-        study.updated_at = now
-        session.flush()
-
-    def _patient(self, session: Session, ds: Dataset) -> Patient:
-        patient_id = _text(ds, "PatientID", 64)
-        issuer = _text(ds, "IssuerOfPatientID", 64)
-        patient = session.execute(select(Patient).where(
-            Patient.patient_id == patient_id, Patient.issuer == issuer)).scalar_one_or_none()
-        if patient is None:
-            name = _text(ds, "PatientName")
-            patient = Patient(patient_id=patient_id, issuer=issuer, patient_name=name,
-                              patient_name_match=person_name_match_key(name),
-                              patient_birth_date=normalise_date(_text(ds, "PatientBirthDate")),
-                              patient_sex=_text(ds, "PatientSex", 16))
-            # A savepoint, so that losing a race to create the same patient only repeats the lookup.
-            try:
-                with session.begin_nested():
-                    session.add(patient)
-                    session.flush()
-            except IntegrityError:
-                patient = session.execute(select(Patient).where(
-                    Patient.patient_id == patient_id, Patient.issuer == issuer)).scalar_one()
-        return patient
+        return StoreResult("stored", parsed.sop_class_uid, parsed.sop_instance_uid, parsed.study_instance_uid,
+                           parsed.series_instance_uid)
 
     # -- deleting ------------------------------------------------------------------------------------------
 
@@ -493,7 +388,7 @@ class IngestService:
         for listener in self.deleted_listeners:
             try:
                 listener(event)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("deleted-instance listener failed")
         return len(rows)
 

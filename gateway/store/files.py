@@ -114,10 +114,11 @@ class FileStore:
         return self.root / relative
 
     def place(self, upload_path: Path, relative: str, sha256: str) -> bool:
-        """Move a finished upload into place. Returns False when an identical file was already there.
+        """Link a finished upload into place (the upload itself stays until the caller removes it).
 
-        A file already at the destination with other content is an orphan of a crashed store (the caller
-        holds the index lock and found no row for it), so it is replaced.
+        Returns False when an identical file was already there. A file at the destination with other content
+        is an orphan of a crashed store (the caller holds the index lock and found no row for it), so it is
+        replaced, atomically.
         """
         target = self.absolute(relative)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -125,11 +126,11 @@ class FileStore:
             os.link(upload_path, target)
         except FileExistsError:
             if file_sha256(target) == sha256:
-                upload_path.unlink(missing_ok=True)
                 return False
-            os.replace(upload_path, target)
-        else:
-            upload_path.unlink()
+            staged = target.with_name(target.name + ".staged")
+            staged.unlink(missing_ok=True)
+            os.link(upload_path, staged)
+            os.replace(staged, target)
         return True
 
     def make_durable(self, paths: list[Path], directories: bool = False) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from gateway.dicom.json_model import dumps
-from gateway.services.ingest import CANNOT_UNDERSTAND, StoreResult
+from gateway.dicom.status import CANNOT_UNDERSTAND
+from gateway.services.ingest import StoreResult
 from gateway.store.files import SpooledUpload
 from gateway.web.accept import parse_media_type
 from gateway.web.dicomweb.common import base_url, checked_uids, node
