@@ -64,7 +64,7 @@ class Node:
         try:
             counts = self.counts()
             database["ok"] = True
-        except Exception as exc:  # noqa: BLE001 - health must report, not raise
+        except Exception as exc:  # health must report, not raise
             database.update(ok=False, error=str(exc))
             status = "degraded"
         storage: dict[str, object] = {"path": str(self.files.root)}

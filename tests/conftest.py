@@ -7,6 +7,7 @@ when it is not set; in CI (CI=true) its absence is an error, so the PostgreSQL h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import uuid
@@ -109,10 +110,8 @@ def start_server(node: Node) -> tuple[RunningServer, object, threading.Thread]:
                            asyncore_loop_timeout=0.05)
 
     def run() -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):  # the socket map is closed under the loop at teardown
             server.run()
-        except (OSError, ValueError):
-            pass  # the socket map is closed under the loop at teardown
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -12,7 +12,7 @@ from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
 from tests.conftest import ADMIN_TOKEN, RunningServer
-from tests.dicom_factory import make_dataset, new_uid, to_bytes
+from tests.dicom_factory import make_dataset, multipart_body, new_uid, stow_headers, to_bytes
 
 
 @pytest.fixture
@@ -114,7 +114,8 @@ def test_frames_native(server: RunningServer, client: DICOMwebClient) -> None:
 def test_rendered_and_thumbnail(server: RunningServer, client: DICOMwebClient) -> None:
     ds = make_dataset(rows=64, columns=48)
     client.store_instances([ds])
-    base = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    base = (f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}")
     jpeg = requests.get(base + "/rendered", headers={"Accept": "image/jpeg"}, timeout=30)
     assert jpeg.status_code == 200 and jpeg.headers["Content-Type"] == "image/jpeg"
     assert Image.open(io.BytesIO(jpeg.content)).size == (48, 64)
@@ -134,8 +135,7 @@ def test_transcode_implicit_to_explicit(server: RunningServer, client: DICOMwebC
 
     ds = make_dataset(transfer_syntax=ImplicitVRLittleEndian)
     data = to_bytes(ds)
-    requests.post(f"{server.dicomweb}/studies", data=b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data
-                  + b"\r\n--b--\r\n", headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+    requests.post(f"{server.dicomweb}/studies", data=multipart_body([data]), headers=stow_headers(),
                   timeout=30).raise_for_status()
     retrieved = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
                                          media_types=(("application/dicom", ExplicitVRLittleEndian),))

@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from gateway.config import ConfigError, load_settings
-from gateway.node import Node
 from gateway.dicom.status import InstanceRejected
+from gateway.node import Node
 from gateway.store.index_writer import GroupIndexWriter
 from tests.dicom_factory import make_dataset, make_instance, multipart_body, new_uid, stow_headers, to_bytes
 

@@ -292,7 +292,7 @@ class IngestService:
                 if isolate:
                     raise
                 log.info("a group of %d instances had a failing instance; redoing it one by one", len(candidates))
-            except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of the group is stored
+            except Exception as exc:  # the commit failed: nothing of the group is stored
                 log.exception("indexing a group of %d instances failed", len(candidates))
                 for relative in placed:
                     self.files.remove(relative)

@@ -148,7 +148,7 @@ class RetrieveService:
                 pixels = dataset.pixel_array
                 dataset.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
                 dataset["PixelData"].VR = "OW" if dataset.BitsAllocated > 8 else "OB"
-        except Exception as exc:  # noqa: BLE001 - no decoder for this compression, or corrupt pixel data
+        except Exception as exc:  # no decoder for this compression, or corrupt pixel data
             raise NotAcceptable(f"cannot decode {instance.transfer_syntax_uid} pixel data to transcode: "
                                 f"{exc}") from exc
         dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -202,7 +202,7 @@ class RetrieveService:
                 raise NotAcceptable(f"frames are stored as {media_type}; ask for that media type")
             try:
                 pixels = dcmread(self.path(instance)).pixel_array
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise NotAcceptable(f"frames are stored as {media_type} ({instance.transfer_syntax_uid}) and "
                                     f"cannot be decoded here: {exc}; ask for {media_type}") from exc
             if frame_count == 1:
@@ -275,7 +275,7 @@ class RetrieveService:
             raise NotAcceptable(f"instance {instance.sop_uid} has no pixel data to render")
         try:
             pixels = dataset.pixel_array
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise NotAcceptable(f"cannot decode the pixel data ({instance.transfer_syntax_uid}): {exc}") from exc
         frame_count = int(dataset.get("NumberOfFrames", 1) or 1)
         samples = int(dataset.get("SamplesPerPixel", 1))

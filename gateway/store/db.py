@@ -77,10 +77,9 @@ def write_session(engine: Engine, lock_keys: tuple[str, ...] = ()) -> Iterator[S
     ``lock_keys`` (e.g. a Study Instance UID) so concurrent stores into one study across processes are
     ordered. Callers name keys in a fixed order (study before patient) so two writers cannot deadlock.
     """
+    connection = engine.connect()
     if is_sqlite(engine):
-        connection = engine.connect().execution_options(sqlite_immediate=True)
-    else:
-        connection = engine.connect()
+        connection = connection.execution_options(sqlite_immediate=True)
     try:
         with Session(bind=connection, expire_on_commit=False) as session:
             if not is_sqlite(engine):

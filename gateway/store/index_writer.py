@@ -22,7 +22,6 @@ from gateway.dicom.json_model import dumps
 from gateway.dicom.status import CANNOT_UNDERSTAND, InstanceRejected
 from gateway.store.models import Instance, Patient, Series, Study, StudyModality, utcnow
 
-
 _INSERT_STUDY = insert(Study)
 _INSERT_SERIES = insert(Series)
 _INSERT_INSTANCE = insert(Instance)

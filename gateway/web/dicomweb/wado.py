@@ -58,7 +58,7 @@ def _can_deliver(instance: StoredInstance, syntax: str | None) -> bool:
         return True
     try:
         return bool(get_decoder(instance.transfer_syntax_uid).is_available)
-    except Exception:  # noqa: BLE001 - pydicom has no decoder at all for this syntax
+    except Exception:  # pydicom has no decoder at all for this syntax
         return False
 
 
