@@ -29,7 +29,9 @@ def _common(default_data_dir: str | None) -> argparse.ArgumentParser:
 def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8042)")
-    parser.add_argument("--threads", type=int, default=None, help="worker threads (default 16)")
+    parser.add_argument("--threads", type=int, default=None, help="worker threads per process (default 16)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes (default 1: one process; more use gunicorn's pre-fork model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +114,13 @@ def _ingest_stream(node: Any, items: Iterable[tuple[str, bytes]], description: s
     return counts
 
 
-def _serve(node: Any) -> None:
+def _serve(node: Any, workers: int = 1) -> None:
+    if workers > 1:
+        from gateway.web.server import run_workers
+
+        node.close()
+        run_workers(node.settings, workers)
+        return
     from gateway.web.app import create_app
     from gateway.web.server import create_server
 
@@ -156,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _ingest_demo(node, plan)
             if args.no_serve:
                 return 0
-        _serve(node)
+        _serve(node, args.workers)
         return 0
     finally:
         node.close()
