@@ -24,12 +24,10 @@ class BackendUnavailable(RuntimeError):
 def gpu_unavailable_reason() -> str | None:
     """None when CuPy can run kernels on a GPU here, otherwise why not (for test skips and logs)."""
     try:
-        import cupy  # noqa: F401
+        import cupy
     except Exception as exc:  # ImportError, or a CUDA library that fails to load
         return f"CuPy is not importable: {exc}"
     try:
-        import cupy
-
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return "no CUDA device visible"
         # A trivial kernel proves the driver, runtime and compiler work together.

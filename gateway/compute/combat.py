@@ -317,15 +317,14 @@ def combat(
     sizes = np.bincount(codes, minlength=len(batches))
     _check_batch_sizes(batches, sizes, mean_only=mean_only, reference_index=reference_index)
 
-    one_hot = batch_indicators(codes, len(batches))
-    cross_product, design_times_data = design_cross_products(values, one_hot, covariate_matrix)
+    cross_product, design_times_data = design_cross_products(values, codes, len(batches), covariate_matrix)
     coefficients = solve_location_model(cross_product, design_times_data, batch_names=batches, spec=spec)
     _require_finite_sums(coefficients, values)
     batch_coefficients = coefficients[: len(batches)]
     covariate_coefficients = coefficients[len(batches) :]
     grand_mean = standardisation_mean(batch_coefficients, sizes, reference_index)
 
-    moments = residual_moments(values, codes, one_hot, batch_coefficients, covariate_matrix, covariate_coefficients)
+    moments = residual_moments(values, codes, batch_coefficients, covariate_matrix, covariate_coefficients)
     pooled_variance = pooled_residual_variance(moments.squared_sums, sizes, reference_index)
     return harmonise_with_location_model(
         values,
@@ -423,45 +422,84 @@ def standardisation_mean(
 
 
 def design_cross_products(
-    values: FloatArray, one_hot: FloatArray, covariate_matrix: FloatArray
+    values: FloatArray, codes: NDArray[np.intp], n_batches: int, covariate_matrix: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
-    """XᵀX and XᵀY for the design X = [batch indicators | covariates] and Y = ``values``ᵀ."""
-    design = np.hstack([one_hot, covariate_matrix])
-    # (values @ X)ᵀ rather than Xᵀ @ valuesᵀ: the same product, but BLAS runs the first layout ~10× faster.
+    """XᵀX and XᵀY for the design X = [batch indicators | covariates] and Y = ``values``ᵀ.
+
+    ``codes`` index the batch columns; batches without subjects get zero rows, as their indicators would.
+    """
+    design = np.hstack([batch_indicators(codes, n_batches), covariate_matrix])
+    design_times_data = np.empty((design.shape[1], values.shape[0]))
+    segments = _BatchSegments(codes, n_batches)
+    scratch = np.empty((_chunk_rows(values.shape), values.shape[1]))
     # inf × 0 makes NaN here; callers check the result for non-finite values and name the features.
     with np.errstate(invalid="ignore"):
-        return design.T @ design, (values @ design).T
+        for rows in _row_chunks(values.shape):
+            design_times_data[:n_batches, rows] = segments.sums(values[rows], scratch).T
+        if covariate_matrix.shape[1]:
+            # (values @ C)ᵀ rather than Cᵀ @ valuesᵀ: the same product, but BLAS runs this layout ~10× faster.
+            design_times_data[n_batches:] = (values @ covariate_matrix).T
+    # einsum's own loop rather than BLAS for this tiny product: see _BatchSegments.
+    return np.einsum("ij,ik->jk", design, design), design_times_data
+
+
+class _BatchSegments:
+    """Per-batch sums along the subject axis, as segment sums over subjects gathered into batch order.
+
+    Plain NumPy reductions, where a product with the batch indicator matrix would be multithreaded BLAS
+    calls that stall whenever another process holds a core (several times slower on a busy node).
+    """
+
+    def __init__(self, codes: NDArray[np.intp], n_batches: int) -> None:
+        self.n_batches = n_batches
+        self.order = np.argsort(codes, kind="stable")
+        self.present = np.bincount(codes, minlength=n_batches) > 0
+        self.starts = np.searchsorted(codes[self.order], np.flatnonzero(self.present))
+
+    def gather(self, chunk: FloatArray, scratch: FloatArray) -> FloatArray:
+        """``chunk``'s columns in batch order, written into ``scratch``."""
+        # mode="clip" only because the default mode buffers ``out`` to check indices, which are valid here.
+        return np.take(chunk, self.order, axis=1, out=scratch[: chunk.shape[0]], mode="clip")
+
+    def reduce(self, grouped: FloatArray) -> FloatArray:
+        """Rows × batches sums of a chunk already in batch order."""
+        sums = np.zeros((grouped.shape[0], self.n_batches))
+        sums[:, self.present] = np.add.reduceat(grouped, self.starts, axis=1)
+        return sums
+
+    def sums(self, chunk: FloatArray, scratch: FloatArray) -> FloatArray:
+        return self.reduce(self.gather(chunk, scratch))
 
 
 def residual_moments(
     values: FloatArray,
     codes: NDArray[np.intp],
-    one_hot: FloatArray,
     batch_coefficients: FloatArray,
     covariate_matrix: FloatArray,
     covariate_coefficients: FloatArray,
 ) -> ResidualMoments:
     """Residuals of ``values`` (features × subjects) under the location model, with per-batch sums.
 
-    ``codes`` index rows of ``batch_coefficients``; ``one_hot`` is ``batch_indicators(codes, ...)``.
+    ``codes`` index rows of ``batch_coefficients``.
     """
+    n_batches = batch_coefficients.shape[0]
     residuals = np.empty_like(values)
-    sums = np.empty((values.shape[0], one_hot.shape[1]))
+    sums = np.empty((values.shape[0], n_batches))
     squared_sums = np.empty_like(sums)
     batch_table = batch_coefficients.T
     covariate_columns = covariate_matrix.T
     covariate_table = covariate_coefficients.T
+    segments = _BatchSegments(codes, n_batches)
     scratch = np.empty((_chunk_rows(values.shape), values.shape[1]))
     for rows in _row_chunks(values.shape):
         chunk = residuals[rows]
-        work = scratch[: chunk.shape[0]]
-        # Gathering from the small batches × features table is cheaper than a rank-n_batches product.
-        np.take(batch_table[rows], codes, axis=1, out=chunk)
+        np.take(batch_table[rows], codes, axis=1, out=chunk, mode="clip")
         np.subtract(values[rows], chunk, out=chunk)
         if covariate_columns.shape[0]:
-            chunk -= np.matmul(covariate_table[rows], covariate_columns, out=work)
-        sums[rows] = chunk @ one_hot
-        squared_sums[rows] = np.square(chunk, out=work) @ one_hot
+            chunk -= np.matmul(covariate_table[rows], covariate_columns, out=scratch[: chunk.shape[0]])
+        grouped = segments.gather(chunk, scratch)
+        sums[rows] = segments.reduce(grouped)
+        squared_sums[rows] = segments.reduce(np.square(grouped, out=grouped))
     return ResidualMoments(residuals, sums, squared_sums)
 
 
@@ -563,8 +601,8 @@ def harmonise_with_location_model(
     for rows in _row_chunks(values.shape):
         chunk = harmonised[rows]
         work = scratch[: chunk.shape[0]]
-        chunk *= np.take(scale_table[rows], codes, axis=1, out=work)
-        chunk += np.take(offset_table[rows], codes, axis=1, out=work)
+        chunk *= np.take(scale_table[rows], codes, axis=1, out=work, mode="clip")
+        chunk += np.take(offset_table[rows], codes, axis=1, out=work, mode="clip")
         if covariate_columns.shape[0]:
             chunk += np.matmul(covariate_table[rows], covariate_columns, out=work)
     harmonised[unadjusted] = values[unadjusted]
@@ -743,27 +781,26 @@ def _nonparametric_posterior(
     n_batches, n_features = gamma_hat.shape
     gamma_star = np.empty_like(gamma_hat)
     delta_star = np.empty_like(delta_hat)
-    # Three chunk × features float64 temporaries are alive at once.
-    chunk = max(1, min(n_features, chunk_bytes // (3 * 8 * n_features)))
+    # One chunk × features float64 matrix is alive at a time.
+    chunk = max(1, min(n_features, chunk_bytes // (8 * n_features)))
     for b in range(n_batches):
         g, d, squares, size = gamma_hat[b], delta_hat[b], centred_squares[b], n[b]
-        log_normaliser = -0.5 * size * np.log(2.0 * math.pi * d)
-        half_inverse_delta = 0.5 / d
+        h = 0.5 / d
+        # log L_ij = -(squares_i + n g_i²) h_j + g_i (2 n h_j g_j) + (log normaliser_j - n h_j g_j²) is a
+        # rank-3 product, so one matrix multiplication writes each chunk instead of six elementwise passes.
+        # Standardised data keep the expanded terms small, so the cancellation costs ~1e-12 in the weights.
+        row_terms = np.column_stack([-(squares + size * g**2), g, np.ones_like(g)])
+        column_terms = np.vstack([h, 2.0 * size * h * g, -0.5 * size * np.log(2.0 * math.pi * d) - size * h * g**2])
+        support = np.column_stack([g, d, np.ones_like(g)])
         for start in range(0, n_features, chunk):
             stop = min(start + chunk, n_features)
-            log_likelihood = g[start:stop, None] - g[None, :]
-            np.square(log_likelihood, out=log_likelihood)
-            log_likelihood *= size
-            log_likelihood += squares[start:stop, None]
-            log_likelihood *= -half_inverse_delta
-            log_likelihood += log_normaliser
+            log_likelihood = row_terms[start:stop] @ column_terms
             rows = np.arange(stop - start)
             log_likelihood[rows, rows + start] = -np.inf  # leave the feature itself out of its own prior
             log_likelihood -= log_likelihood.max(axis=1, keepdims=True)
-            weights = np.exp(log_likelihood, out=log_likelihood)
-            total = weights.sum(axis=1)
-            gamma_star[b, start:stop] = (weights @ g) / total
-            delta_star[b, start:stop] = (weights @ d) / total
+            weighted = np.exp(log_likelihood, out=log_likelihood) @ support
+            gamma_star[b, start:stop] = weighted[:, 0] / weighted[:, 2]
+            delta_star[b, start:stop] = weighted[:, 1] / weighted[:, 2]
     return gamma_star, delta_star
 
 

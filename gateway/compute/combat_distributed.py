@@ -1,4 +1,5 @@
-"""Distributed ComBat (d-ComBat; Chen et al. 2022, Human Brain Mapping 43:2200-2214): the site and hub steps.
+"""Distributed ComBat: the site and hub steps of d-ComBat (Chen et al. 2022, "Privacy-preserving
+harmonization via distributed ComBat", NeuroImage 248:118822).
 
 Every step is a pure function. Sites never send subject-level values: only sums over at least ``min_rows``
 subjects, as JSON-ready dicts (lists and floats; no pickle) that carry ``schema``, ``version`` and
@@ -42,7 +43,6 @@ from gateway.compute.combat import (
     EmpiricalBayesOptions,
     FloatArray,
     ResidualMoments,
-    batch_indicators,
     design_cross_products,
     harmonise_with_location_model,
     pooled_residual_variance,
@@ -136,8 +136,9 @@ def site_round1(
 ) -> Message:
     """XᵀX and XᵀY over this site's subjects, X = [indicators of all federation batches | covariates]."""
     site = _SiteData.load(plan, site_id, data, batch, covariates, min_rows)
-    one_hot = batch_indicators(site.global_codes, len(plan["batches"]))
-    cross_product, design_times_data = design_cross_products(site.values, one_hot, site.covariate_matrix)
+    cross_product, design_times_data = design_cross_products(
+        site.values, site.global_codes, len(plan["batches"]), site.covariate_matrix
+    )
     if not np.isfinite(design_times_data).all():
         raise ValueError(f"site {site_id!r}: data contain NaN or infinite values; impute or drop them first")
     return _message("round1", site=str(site_id), xtx=cross_product.tolist(), xty=design_times_data.tolist())
@@ -331,7 +332,6 @@ class _SiteData:
         return residual_moments(
             self.values,
             self.local_codes,
-            batch_indicators(self.local_codes, len(self.batches)),
             model.batch_coefficients[self.global_indices],
             self.covariate_matrix,
             model.covariate_coefficients,

@@ -10,7 +10,7 @@ and the maximum 3-D diameter (every pair of convex-hull vertices). The pair sums
 also have an exact O(n log n) form: the weight 1/distance depends only on the displacement between two voxels
 of the regular grid, so each sum over pairs is a sum over displacements of the weight times an
 autocorrelation, computed with FFTs (see _moran_geary_sums_fft). It gives the same values to rounding error and
-is what ``moran_method="auto"`` uses for all but small regions.
+is what ``moran_method="auto"`` uses wherever it is the cheaper of the two (all but small regions).
 
 Values the definitions leave undefined for degenerate regions are NaN: elongation, flatness and the
 approximate-enclosing-ellipsoid densities of a single voxel (all principal axes 0), Moran's I and Geary's C of
@@ -89,8 +89,9 @@ _ELLIPSOID_SERIES_TERMS = 21
 # Khachiyan's algorithm for the MVEE stops at this tolerance (manual, SWZ1).
 _MVEE_TOLERANCE = 1e-3
 _MVEE_MAX_ITERATIONS = 100_000
-# Below this many voxels the direct pair loop is faster than the FFTs (measured on CPU; similar on GPU).
-_PAIRWISE_LIMIT = 3000
+# "auto" loops over pairs while n^2 / 2 pair terms cost less than the FFTs, which cost about this many pair
+# terms per point of the padded grid times log2 of its size (measured with Numba and pocketfft on CPU).
+_FFT_COST_PER_POINT_LOG = 2.0
 # Pairs per chunk in the NumPy pair loops: bounds the temporary arrays to some tens of MB.
 _PAIR_CHUNK = 2_000_000
 
@@ -158,14 +159,31 @@ def morphological_features(image: Any, morphological_mask: Any, intensity_mask: 
 
     moran, geary = moran_geary(volume, intensity, spacing, method=moran_method, backend=backend)
     results = [
-        mesh_vol, voxel_count_volume, area, area / mesh_vol,
-        mesh_vol / (math.sqrt(math.pi) * area**1.5), compactness_2, compactness_2 ** (-1.0 / 3.0),
-        compactness_2 ** (1.0 / 3.0), compactness_2 ** (-1.0 / 3.0) - 1.0, com_shift, diameter,
-        4.0 * major / 2.0, 4.0 * minor / 2.0, 4.0 * least / 2.0,
-        _axis_ratio(minor, major), _axis_ratio(least, major),
-        mesh_vol / float(np.prod(extent)), area / aabb_area,
-        mesh_vol / aee_volume if aee_volume > 0 else math.nan, area / aee_area if aee_area > 0 else math.nan,
-        mesh_vol / hull.volume, area / hull.area, mesh_vol * float(values.mean()), moran, geary,
+        mesh_vol,
+        voxel_count_volume,
+        area,
+        area / mesh_vol,
+        mesh_vol / (math.sqrt(math.pi) * area**1.5),
+        compactness_2,
+        compactness_2 ** (-1.0 / 3.0),
+        compactness_2 ** (1.0 / 3.0),
+        compactness_2 ** (-1.0 / 3.0) - 1.0,
+        com_shift,
+        diameter,
+        2.0 * major,
+        2.0 * minor,
+        2.0 * least,  # axis lengths 2a = 4 sqrt(lambda)
+        _axis_ratio(minor, major),
+        _axis_ratio(least, major),
+        mesh_vol / float(np.prod(extent)),
+        area / aabb_area,
+        mesh_vol / aee_volume if aee_volume > 0 else math.nan,
+        area / aee_area if aee_area > 0 else math.nan,
+        mesh_vol / hull.volume,
+        area / hull.area,
+        mesh_vol * float(values.mean()),
+        moran,
+        geary,
     ]
     features = [FeatureValue(family=FAMILY, name=name, ibsi_code=code, key=key, value=float(value))
                 for (name, code, key), value in zip(FEATURES, results, strict=True)]
@@ -255,7 +273,7 @@ def max_pairwise_distance(points: np.ndarray, *, backend: str | None = None) -> 
         case "numpy":
             return _max_distance_array(np, points)
         case "numba":
-            return float(_max_distance_numba(points))
+            return float(_max_distance_numba(points, work=points.shape[0] ** 2))
         case "cupy":
             import cupy
 
@@ -302,15 +320,17 @@ def moran_geary(image: Any, intensity_mask: Any, spacing: Sequence[float], *, me
     squares = float((deviations**2).sum())
     if n < 2 or squares == 0.0:
         return math.nan, math.nan
+    low, high = bounding_box(region)
+    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(low, high, strict=True))
     if method == "auto":
-        method = "pairwise" if n <= _PAIRWISE_LIMIT else "fft"
+        padded_size = math.prod(_even_fast_length(2 * (hi - lo + 1) - 1) for lo, hi in zip(low, high, strict=True))
+        fft_cost = _FFT_COST_PER_POINT_LOG * padded_size * math.log2(padded_size)
+        method = "pairwise" if n * n / 2 <= fft_cost else "fft"
     backend = resolve_backend(backend)
     if method == "pairwise":
         positions = np.ascontiguousarray(np.argwhere(region) * np.asarray(spacing))
         weight_sum, cross_sum, difference_sum = _pair_sums(positions, deviations, backend)
     elif method == "fft":
-        low, high = bounding_box(region)
-        box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(low, high, strict=True))
         field = np.where(region, volume - values.mean(), 0.0)[box]
         weight_sum, cross_sum, difference_sum = _moran_geary_sums_fft(field, region[box], spacing, backend)
     else:
@@ -326,7 +346,7 @@ def _pair_sums(positions: np.ndarray, deviations: np.ndarray, backend: str) -> t
         case "numpy":
             return _pair_sums_numpy(positions, deviations)
         case "numba":
-            sums = _pair_sums_numba(positions, deviations)
+            sums = _pair_sums_numba(positions, deviations, work=deviations.size**2 // 2)
             return float(sums[0]), float(sums[1]), float(sums[2])
         case "cupy":
             return _pair_sums_cupy(positions, deviations)
@@ -431,49 +451,63 @@ def _moran_geary_sums_fft(field: np.ndarray, mask: np.ndarray, spacing: Spacing,
     With f = z m (deviation inside the ROI, 0 outside), g = z^2 m and the weight w(d) = 1/|d| (w(0) = 0):
     sum_{k1 != k2} w z1 z2 = sum_d w(d) R_ff(d), sum w = sum_d w(d) R_mm(d) and
     sum w (z1 - z2)^2 = 2 sum_d w(d) R_gm(d) - 2 sum w z1 z2, where R_ab(d) = sum_x a(x) b(x + d). Zero-padding
-    to at least 2n - 1 per axis makes the circular correlations linear, and since w is real and symmetric,
+    to at least 2n - 1 per axis makes the circular correlations linear, and since w is real and even,
     sum_d w(d) R_ab(d) = (1/N) sum_k W_k conj(A_k) B_k, evaluated on the half spectrum of real FFTs.
     """
-    xp, rfftn, next_fast_len = _fft_functions(backend)
-    padded = tuple(next_fast_len(2 * n - 1) for n in field.shape)
-    weight_spectrum = rfftn(xp.asarray(_inverse_distance_kernel(padded, spacing)))
+    xp, rfftn = _fft_functions(backend)
+    padded = tuple(_even_fast_length(2 * n - 1) for n in field.shape)
+    axes = (0, 1, 2)
+    weights = xp.asarray(_inverse_distance_spectrum(padded, spacing))
     field_d = xp.asarray(field)
-    mask_d = xp.asarray(mask.astype(np.float64))
-    f_spectrum = rfftn(field_d, s=padded)
-    m_spectrum = rfftn(mask_d, s=padded)
-    g_spectrum = rfftn(field_d * field_d, s=padded)
-    # The half spectrum holds each conjugate pair once, except the first column and (even length) the last.
-    multiplicity = xp.full(weight_spectrum.shape[-1], 2.0)
-    multiplicity[0] = 1.0
-    if padded[-1] % 2 == 0:
-        multiplicity[-1] = 1.0
-    weights = weight_spectrum.real * multiplicity / float(np.prod(padded))
+    f_spectrum = rfftn(field_d, s=padded, axes=axes)
+    m_spectrum = rfftn(xp.asarray(mask.astype(np.float64)), s=padded, axes=axes)
+    g_spectrum = rfftn(field_d * field_d, s=padded, axes=axes)
 
     def weighted(a: Any, b: Any) -> float:
-        return float((weights * (a.conj() * b).real).sum())
+        return float(xp.vdot(a, weights * b).real)
 
     cross_sum = weighted(f_spectrum, f_spectrum)
     return weighted(m_spectrum, m_spectrum), cross_sum, 2.0 * weighted(g_spectrum, m_spectrum) - 2.0 * cross_sum
 
 
-def _inverse_distance_kernel(shape: tuple[int, ...], spacing: Spacing) -> np.ndarray:
-    """w(d) = 1/|d| in mm on a circular grid (index q is displacement q, or q - n past the middle)."""
-    axes = []
-    for n, s in zip(shape, spacing, strict=True):
-        q = np.arange(n)
-        axes.append(np.where(q <= n // 2, q, q - n) * s)
-    squared = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
-    squared[0, 0, 0] = np.inf
-    return 1.0 / np.sqrt(squared)
-
-
-def _fft_functions(backend: str) -> tuple[ModuleType, Callable[..., Any], Callable[[int], int]]:
-    """Array module, real n-D FFT and good transform length (5-smooth sizes suit pocketfft and cuFFT alike)."""
+def _even_fast_length(minimum: int) -> int:
+    """The smallest 5-smooth even length >= minimum (fast for pocketfft and cuFFT; even for the DCT below)."""
     import scipy.fft
 
-    fast_length = functools.partial(scipy.fft.next_fast_len, real=True)
+    length = scipy.fft.next_fast_len(max(minimum, 2), real=True)
+    while length % 2:
+        length = scipy.fft.next_fast_len(length + 1, real=True)
+    return length
+
+
+def _inverse_distance_spectrum(shape: tuple[int, ...], spacing: Spacing) -> np.ndarray:
+    """Half-spectrum weights for _moran_geary_sums_fft: rfftn of w(d) = 1/|d|, times the number of times each
+    half-spectrum entry stands for the full spectrum, divided by the transform size.
+
+    w is even along every axis, so its DFT is real and equals a type-1 DCT of one octant (displacements
+    0..P/2 per axis): an eighth of the points to fill and transform. The octant spectrum is then mirrored
+    (k and P - k agree) to the full first two axes.
+    """
+    import scipy.fft
+
+    halves = [n // 2 + 1 for n in shape]
+    offsets = [np.arange(h) * s for h, s in zip(halves, spacing, strict=True)]
+    squared = offsets[0][:, None, None] ** 2 + offsets[1][None, :, None] ** 2 + offsets[2][None, None, :] ** 2
+    squared[0, 0, 0] = np.inf  # a voxel is not its own neighbour
+    spectrum = scipy.fft.dctn(1.0 / np.sqrt(squared), type=1, workers=-1)
+    mirror = [np.minimum(np.arange(n), n - np.arange(n)) for n in shape[:2]]
+    full = spectrum[mirror[0]][:, mirror[1]]
+    # The rfft half keeps each conjugate pair once, except the first and (even length) the last column.
+    multiplicity = np.full(halves[2], 2.0)
+    multiplicity[0] = multiplicity[-1] = 1.0
+    return full * (multiplicity / float(np.prod(shape)))
+
+
+def _fft_functions(backend: str) -> tuple[ModuleType, Callable[..., Any]]:
     if backend == "cupy":
         import cupy
 
-        return cupy, cupy.fft.rfftn, fast_length
-    return np, functools.partial(scipy.fft.rfftn, workers=-1), fast_length
+        return cupy, cupy.fft.rfftn
+    import scipy.fft
+
+    return np, functools.partial(scipy.fft.rfftn, workers=-1)

@@ -14,7 +14,7 @@ take the same prepared region and discretisation, see the note in ``first_order_
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from gateway.compute.features.intensity_stats import intensity_statistics_featur
 from gateway.compute.features.ivh import ivh_features
 from gateway.compute.features.local_intensity import local_intensity_features, sphere_offsets
 from gateway.compute.features.morphology import MoranMethod, morphological_features
+from gateway.compute.features.texture import DEFAULT_AGGREGATIONS, texture_features
 from gateway.compute.kernels.arrays import (
     Spacing,
     as_mask,
@@ -145,38 +146,101 @@ def discretise_region(region: PreparedRegion, *, bin_number: int | None = None, 
     return Discretisation(levels=levels, n_levels=highest)
 
 
-def region_first_order_features(region: PreparedRegion, *, bin_number: int | None = None,
-                                bin_width: float | None = None, ivh_bin_width: float | None = None,
-                                ivh_bin_number: int | None = None, moran_method: MoranMethod = "auto",
-                                backend: str | None = None) -> list[FeatureValue]:
-    """Morphology, local intensity, statistics, intensity histogram (when a discretisation is given) and IVH."""
+def region_first_order_features(
+    region: PreparedRegion,
+    *,
+    discretisation: Discretisation | None = None,
+    ivh_bin_width: float | None = None,
+    ivh_bin_number: int | None = None,
+    moran_method: MoranMethod = "auto",
+    backend: str | None = None,
+) -> list[FeatureValue]:
+    """Morphology, local intensity, statistics, intensity histogram (with a discretisation) and IVH."""
     backend = resolve_backend(backend)
-    values = region.image[region.intensity_mask]
-    features = morphological_features(region.image, region.morphological_mask, region.intensity_mask,
-                                      region.spacing, moran_method=moran_method, backend=backend)
+    features = morphological_features(
+        region.image,
+        region.morphological_mask,
+        region.intensity_mask,
+        region.spacing,
+        moran_method=moran_method,
+        backend=backend,
+    )
     features += local_intensity_features(region.image, region.intensity_mask, region.spacing, backend=backend)
-    features += intensity_statistics_features(values, backend=backend)
-    if bin_number is not None or bin_width is not None:
-        discretisation = discretise_region(region, bin_number=bin_number, bin_width=bin_width, backend=backend)
-        features += intensity_histogram_features(discretisation.levels[region.intensity_mask],
-                                                 discretisation.n_levels, backend=backend)
-    features += ivh_features(region.image, region.intensity_mask, bin_width=ivh_bin_width,
-                             bin_number=ivh_bin_number, intensity_range=region.resegment_range, backend=backend)
+    features += intensity_statistics_features(region.image[region.intensity_mask], backend=backend)
+    if discretisation is not None:
+        features += intensity_histogram_features(
+            discretisation.levels[region.intensity_mask], discretisation.n_levels, backend=backend
+        )
+    features += ivh_features(
+        region.image,
+        region.intensity_mask,
+        bin_width=ivh_bin_width,
+        bin_number=ivh_bin_number,
+        intensity_range=region.resegment_range,
+        backend=backend,
+    )
     return features
 
 
-def first_order_features(image: Any, mask: Any, spacing: Sequence[float], *, bin_number: int | None = None,
-                         bin_width: float | None = None, ivh_bin_width: float | None = None,
-                         ivh_bin_number: int | None = None, new_spacing: Sequence[float | None] | None = None,
-                         round_intensities: bool = False, resegment_range: IntensityRange | None = None,
-                         outlier_sigma: float | None = None, backend: str | None = None) -> list[FeatureValue]:
-    """All non-texture IBSI 1 features of the region ``mask`` (0/1, same shape as ``image``) in ``image``.
+def first_order_features(
+    image: Any,
+    mask: Any,
+    spacing: Sequence[float],
+    *,
+    bin_number: int | None = None,
+    bin_width: float | None = None,
+    ivh_bin_width: float | None = None,
+    ivh_bin_number: int | None = None,
+    new_spacing: Sequence[float | None] | None = None,
+    round_intensities: bool = False,
+    resegment_range: IntensityRange | None = None,
+    outlier_sigma: float | None = None,
+    backend: str | None = None,
+) -> list[FeatureValue]:
+    """All non-texture IBSI 1 features of the region ``mask``; see extract_features for the arguments."""
+    return extract_features(
+        image,
+        mask,
+        spacing,
+        bin_number=bin_number,
+        bin_width=bin_width,
+        ivh_bin_width=ivh_bin_width,
+        ivh_bin_number=ivh_bin_number,
+        new_spacing=new_spacing,
+        round_intensities=round_intensities,
+        resegment_range=resegment_range,
+        outlier_sigma=outlier_sigma,
+        texture_aggregations=(),
+        backend=backend,
+    )
 
-    Arrays are (z, y, x), ``spacing`` (z, y, x) in mm. The intensity histogram needs one of ``bin_number``
-    (fixed bin number) and ``bin_width`` (fixed bin size) and is left out without either. The IVH uses the
-    intensities as they are (discrete calibrated, e.g. CT) unless ``ivh_bin_width`` (continuous calibrated,
-    e.g. PET) or ``ivh_bin_number`` (arbitrary units, e.g. MRI) is given. Preparation options as for
-    prepare_region.
+
+def extract_features(
+    image: Any,
+    mask: Any,
+    spacing: Sequence[float],
+    *,
+    bin_number: int | None = None,
+    bin_width: float | None = None,
+    ivh_bin_width: float | None = None,
+    ivh_bin_number: int | None = None,
+    new_spacing: Sequence[float | None] | None = None,
+    round_intensities: bool = False,
+    resegment_range: IntensityRange | None = None,
+    outlier_sigma: float | None = None,
+    texture_aggregations: Iterable[str] = DEFAULT_AGGREGATIONS,
+    backend: str | None = None,
+) -> list[FeatureValue]:
+    """All IBSI 1 features of the region ``mask`` (0/1, same shape as ``image``) in ``image``.
+
+    Arrays are (z, y, x), ``spacing`` (z, y, x) in mm. The intensity histogram and the texture families need
+    one of ``bin_number`` (fixed bin number) and ``bin_width`` (fixed bin size) and are left out without
+    either. The IVH uses the intensities as they are (discrete calibrated, e.g. CT) unless ``ivh_bin_width``
+    (continuous calibrated, e.g. PET) or ``ivh_bin_number`` (arbitrary units, e.g. MRI) is given.
+    ``new_spacing``, ``round_intensities``, ``resegment_range`` and ``outlier_sigma`` as for prepare_region;
+    for its other options call prepare_region and region_first_order_features directly.
+    ``texture_aggregations``: the texture aggregation methods (see gateway.compute.features.texture); empty
+    for none.
 
     Bad input raises ValueError. Features a degenerate region leaves undefined are NaN (see the family
     modules, e.g. Moran's I of a single voxel); where IBSI defines a value for such a case it is used (e.g.
@@ -187,16 +251,37 @@ def first_order_features(image: Any, mask: Any, spacing: Sequence[float], *, bin
     if ivh_bin_number is not None and ivh_bin_width is not None:
         raise ValueError("give ivh_bin_number or ivh_bin_width, not both")
     backend = resolve_backend(backend)
-    region = prepare_region(image, mask, spacing, new_spacing=new_spacing, round_intensities=round_intensities,
-                            resegment_range=resegment_range, outlier_sigma=outlier_sigma, backend=backend)
-    features = region_first_order_features(region, bin_number=bin_number, bin_width=bin_width,
-                                           ivh_bin_width=ivh_bin_width, ivh_bin_number=ivh_bin_number,
-                                           backend=backend)
-    # Texture families go here, on the same region and discretisation:
-    #     discretisation = discretise_region(region, bin_number=bin_number, bin_width=bin_width, backend=backend)
-    #     features += texture_features(discretisation.levels, region.intensity_mask, discretisation.n_levels,
-    #                                  morphological_mask=region.morphological_mask, backend=backend)
-    # (gateway.compute.features.texture; discretise once and share it with the intensity histogram.)
+    region = prepare_region(
+        image,
+        mask,
+        spacing,
+        new_spacing=new_spacing,
+        round_intensities=round_intensities,
+        resegment_range=resegment_range,
+        outlier_sigma=outlier_sigma,
+        backend=backend,
+    )
+    discretisation = None
+    if bin_number is not None or bin_width is not None:
+        discretisation = discretise_region(region, bin_number=bin_number, bin_width=bin_width, backend=backend)
+    features = region_first_order_features(
+        region,
+        discretisation=discretisation,
+        ivh_bin_width=ivh_bin_width,
+        ivh_bin_number=ivh_bin_number,
+        backend=backend,
+    )
+    aggregations = tuple(texture_aggregations)
+    if discretisation is not None and aggregations:
+        # Same region and discretisation as the intensity histogram, as IBSI prescribes.
+        features += texture_features(
+            discretisation.levels,
+            region.intensity_mask,
+            discretisation.n_levels,
+            morphological_mask=region.morphological_mask,
+            aggregations=aggregations,
+            backend=backend,
+        )
     return features
 
 
@@ -213,10 +298,8 @@ def _checked_inputs(image: Any, mask: Any, spacing: Sequence[float]
     if roi.shape != volume.shape:
         raise ValueError(f"mask shape {roi.shape} does not match image shape {volume.shape}")
     spacing = as_spacing(spacing)
-    if not roi.any():
-        raise ValueError("region of interest is empty: the mask selects no voxel")
-    # All non-zero mask voxels lie in the bounding box, so checking that the box holds only 0/1 checks all.
     low, high = bounding_box(roi)
+    # Every non-zero mask voxel lies in the bounding box, so checking that the box holds only 0/1 checks all.
     box = tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high, strict=True))
     as_mask(roi[box], roi[box].shape)
     return volume, roi, spacing, (low, high)

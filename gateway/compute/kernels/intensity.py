@@ -36,16 +36,8 @@ from gateway.compute.kernels.arrays import (
 
 # Landmarks of Nyúl & Udupa (1999): the 1st and 99th percentiles bound the map, deciles shape it.
 DEFAULT_NYUL_PERCENTILES: tuple[float, ...] = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
-# Work per chunk of the Numba reductions; enough chunks to keep every core busy, few enough to combine cheaply.
+# Chunks of the Numba reductions: enough to keep every core busy, few enough to combine cheaply.
 _REDUCTION_CHUNKS = 256
-
-
-def _backend_module(backend: str) -> ModuleType:
-    if backend == "cupy":
-        import cupy
-
-        return cupy
-    return np
 
 
 def _image_and_mask(image: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +62,7 @@ def clip_intensities(image: Any, lower: float | None = None, upper: float | None
         case "numpy":
             return np.clip(volume, low, high)
         case "numba":
-            return _clip_numba(volume.ravel(), low, high).reshape(volume.shape)
+            return _clip_numba(volume.ravel(), low, high, work=volume.size).reshape(volume.shape)
         case "cupy":
             import cupy
 
@@ -102,7 +94,7 @@ def region_mean_and_std(image: Any, mask: Any, *, backend: str | None = None) ->
             values = volume[region]
             return float(values.mean()), float(values.std())
         case "numba":
-            mean, std = _mean_std_numba(volume.ravel(), region.ravel())
+            mean, std = _mean_std_numba(volume.ravel(), region.ravel(), work=volume.size)
             return float(mean), float(std)
         case "cupy":
             values = to_device(volume)[to_device(region)]
@@ -122,7 +114,7 @@ def zscore_normalise(image: Any, mask: Any, *, backend: str | None = None) -> np
         case "numpy":
             return (volume - mean) / std
         case "numba":
-            return _affine_numba(volume.ravel(), mean, std).reshape(volume.shape)
+            return _affine_numba(volume.ravel(), mean, std, work=volume.size).reshape(volume.shape)
         case "cupy":
             return to_host((to_device(volume) - mean) / std)
 
@@ -227,7 +219,7 @@ def piecewise_linear_map(image: Any, source: np.ndarray, target: np.ndarray, *,
         case "numpy":
             return _piecewise_array(np, volume, source, target)
         case "numba":
-            return _piecewise_numba(volume.ravel(), source, target).reshape(volume.shape)
+            return _piecewise_numba(volume.ravel(), source, target, work=volume.size).reshape(volume.shape)
         case "cupy":
             import cupy
 
@@ -294,7 +286,9 @@ def resegment_range(image: Any, mask: Any, lower: float | None = None, upper: fl
         case "numpy":
             return region & (volume >= low) & (volume <= high)
         case "numba":
-            return _within_range_numba(volume.ravel(), region.ravel(), low, high).reshape(volume.shape)
+            return _within_range_numba(volume.ravel(), region.ravel(), low, high, work=volume.size).reshape(
+                volume.shape
+            )
         case "cupy":
             device_volume = to_device(volume)
             return to_host(to_device(region) & (device_volume >= low) & (device_volume <= high))
@@ -340,10 +334,13 @@ def discretise_fixed_bin_number(image: Any, mask: Any, bin_number: int, *,
         case "numpy":
             return _fixed_bin_number_array(np, volume, region, bins)
         case "numba":
-            return _fixed_bin_number_numba(volume.ravel(), region.ravel(), bins).reshape(volume.shape)
+            values, inside = volume.ravel(), region.ravel()
+            low, high = _masked_min_max_numba(values, inside, work=values.size)
+            return _fixed_bin_number_numba(values, inside, bins, low, high, work=values.size).reshape(volume.shape)
         case "cupy":
-            return to_host(_fixed_bin_number_array(_backend_module("cupy"), to_device(volume),
-                                                   to_device(region), bins))
+            import cupy
+
+            return to_host(_fixed_bin_number_array(cupy, to_device(volume), to_device(region), bins))
 
 
 def discretise_fixed_bin_size(image: Any, mask: Any, bin_width: float, lower_bound: float | None = None, *,
@@ -369,10 +366,13 @@ def discretise_fixed_bin_size(image: Any, mask: Any, bin_width: float, lower_bou
         case "numpy":
             return _fixed_bin_size_array(np, volume, region, low, width)
         case "numba":
-            return _fixed_bin_size_numba(volume.ravel(), region.ravel(), low, width).reshape(volume.shape)
+            return _fixed_bin_size_numba(volume.ravel(), region.ravel(), low, width, work=volume.size).reshape(
+                volume.shape
+            )
         case "cupy":
-            return to_host(_fixed_bin_size_array(_backend_module("cupy"), to_device(volume), to_device(region),
-                                                  low, width))
+            import cupy
+
+            return to_host(_fixed_bin_size_array(cupy, to_device(volume), to_device(region), low, width))
 
 
 def _fixed_bin_number_array(xp: ModuleType, volume: Any, region: Any, bins: int) -> Any:
@@ -408,8 +408,7 @@ def _masked_min_max_numba(values: np.ndarray, mask: np.ndarray) -> tuple[float, 
 
 
 @jit_kernel(parallel=True)
-def _fixed_bin_number_numba(values: np.ndarray, mask: np.ndarray, bins: int) -> np.ndarray:
-    low, high = _masked_min_max_numba(values, mask)
+def _fixed_bin_number_numba(values: np.ndarray, mask: np.ndarray, bins: int, low: float, high: float) -> np.ndarray:
     result = np.zeros(values.size, dtype=np.int32)
     for k in prange(values.size):
         if mask[k]:
@@ -445,7 +444,7 @@ def count_levels(levels: Any, n_levels: int, *, backend: str | None = None) -> n
         case "numpy":
             return np.bincount(values, minlength=n_levels).astype(np.int64)
         case "numba":
-            return _count_levels_numba(values, n_levels)
+            return _count_levels_numba(values, n_levels, work=values.size)
         case "cupy":
             import cupy
 

@@ -154,7 +154,13 @@ def interpolate_linear(volume: np.ndarray, coordinates: Sequence[np.ndarray], *,
         case "numpy":
             return _linear_numpy(block, tables)
         case "numba":
-            return _linear_numba(block, *tables[0], *tables[1], *tables[2])
+            return _linear_numba(
+                block,
+                *tables[0],
+                *tables[1],
+                *tables[2],
+                work=tables[0][0].size * tables[1][0].size * tables[2][0].size,
+            )
         case "cupy":
             return _linear_cupy(block, tables)
 
@@ -176,7 +182,7 @@ def interpolate_nearest(volume: np.ndarray, coordinates: Sequence[np.ndarray], *
         case "numpy":
             return block[np.ix_(*indices)]
         case "numba":
-            return _nearest_numba(block, *indices)
+            return _nearest_numba(block, *indices, work=indices[0].size * indices[1].size * indices[2].size)
         case "cupy":
             return _nearest_cupy(block, indices)
 

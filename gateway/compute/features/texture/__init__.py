@@ -35,6 +35,7 @@ from gateway.compute.features.texture.aggregation import (
     DEFAULT_AGGREGATIONS,
     DIRECTIONAL_AGGREGATIONS,
     NON_DIRECTIONAL_AGGREGATIONS,
+    non_directional_aggregations,
 )
 from gateway.compute.features.texture.context import TextureContext
 from gateway.compute.features.texture.glcm import glcm_features, glcm_from_context
@@ -67,13 +68,19 @@ def texture_features(
 ) -> list[FeatureValue]:
     """All IBSI texture features of the requested families and aggregations, in family order.
 
-    The ROI is validated and prepared once and zones are labelled once for GLSZM and GLDZM together.
+    ``discretised``: grey levels 1..``n_levels`` inside ``mask`` (anything outside is ignored), (z, y, x) or a
+    single (y, x) slice. ``morphological_mask`` (GLDZM border distances) defaults to ``mask``.
+    ``aggregations`` defaults to "3D averaged" and "3D merged" (so "3D" for the other families); pass
+    ``ALL_AGGREGATIONS`` for every IBSI method. ``families`` names a subset of ``FAMILIES``. ``backend``:
+    "numpy", "numba", "cupy" or None for the best available (``gateway.compute.backend.resolve_backend``).
+    The ROI is validated and prepared once, and zones are labelled once for GLSZM and GLDZM together.
     """
     chosen = [families] if isinstance(families, str) else list(families)
     unknown = [name for name in chosen if name not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown texture family/families {unknown}; choose from {', '.join(FAMILIES)}")
     aggregations = tuple(aggregations) if not isinstance(aggregations, str) else (aggregations,)
+    non_directional_aggregations(aggregations)  # fail on unknown names before any work is done
     roi = prepare_roi(discretised, mask, n_levels, morphological_mask)
     context = TextureContext(roi, resolve_backend(backend), zone_distances="gldzm" in chosen)
     return [value for name in FAMILIES if name in chosen for value in FAMILIES[name](context, aggregations)]

@@ -8,6 +8,10 @@ prepared int32 level-index volume (0 outside the ROI); ``cache=True`` keeps comp
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
+from typing import Any
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -18,10 +22,42 @@ from gateway.compute.features.texture.zones import Zones
 _BLOCK_BUDGET_ENTRIES = 1 << 25
 """Largest number of counters the per-thread partial results may hold together (256 MiB of int64)."""
 
+_SERIAL_BELOW_VOXELS = 1 << 16
+"""Volumes smaller than this run single-threaded: waking the thread team would cost more than the loops,
+and far more on a machine whose cores are all busy (e.g. many small lesions processed side by side)."""
 
-def _volume_blocks(n_slices: int, entries_per_block: int) -> int:
+
+def _runs_serially(n_voxels: int) -> bool:
+    return n_voxels < _SERIAL_BELOW_VOXELS or numba.get_num_threads() == 1
+
+
+class _ParallelOrSerial:
+    """A loop nest compiled twice, with and without ``parallel=True``; the call picks by volume size.
+
+    The first argument of every such kernel is the volume it loops over. Inside the serial build ``prange``
+    is a plain ``range``.
+    """
+
+    def __init__(self, loops: Callable[..., Any]) -> None:
+        self.parallel = njit(parallel=True, nogil=True, cache=True)(loops)
+        serial_loops = types.FunctionType(
+            loops.__code__, loops.__globals__, f"{loops.__name__}_serial", loops.__defaults__, loops.__closure__
+        )
+        # Numba names its on-disk cache after the qualified name; the serial build needs a name of its own.
+        serial_loops.__qualname__ = f"{loops.__qualname__}_serial"
+        self.serial = njit(nogil=True, cache=True)(serial_loops)
+
+    def __call__(self, volume: np.ndarray, *arguments: Any) -> Any:
+        kernel = self.serial if _runs_serially(volume.size) else self.parallel
+        return kernel(volume, *arguments)
+
+
+def _volume_blocks(level_index: np.ndarray, entries_per_block: int) -> int:
+    """How many partial results to split a volume's counting into: one per thread, within the memory budget."""
+    if _runs_serially(level_index.size):
+        return 1
     by_memory = max(1, _BLOCK_BUDGET_ENTRIES // max(1, entries_per_block))
-    return max(1, min(n_slices, numba.get_num_threads(), by_memory))
+    return max(1, min(level_index.shape[0], numba.get_num_threads(), by_memory))
 
 
 def _padded(level_index: np.ndarray) -> np.ndarray:
@@ -30,7 +66,9 @@ def _padded(level_index: np.ndarray) -> np.ndarray:
     Every neighbour of an interior voxel then exists, so the kernels step through the flat array by fixed
     offsets with no bounds checks, and runs stop at the border by themselves.
     """
-    return np.pad(np.asarray(level_index, dtype=np.int32), 1)
+    padded = np.zeros(tuple(size + 2 for size in level_index.shape), dtype=np.int32)
+    padded[1:-1, 1:-1, 1:-1] = level_index
+    return padded
 
 
 def _flat_offsets(shape: tuple[int, ...], steps: np.ndarray) -> np.ndarray:
@@ -40,7 +78,7 @@ def _flat_offsets(shape: tuple[int, ...], steps: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(steps[:, 0] * n_y * n_x + steps[:, 1] * n_x + steps[:, 2])
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@_ParallelOrSerial
 def _cooccurrence_kernel(padded: np.ndarray, offsets: np.ndarray, n_present: int, n_blocks: int) -> np.ndarray:
     n_z, n_y, n_x = padded.shape
     inner_slices = n_z - 2
@@ -71,32 +109,29 @@ def count_cooccurrences(
     n_slices = level_index.shape[0]
     if per_slice:
         return _cooccurrence_kernel(padded, offsets, n_present, n_slices)
-    blocks = _volume_blocks(n_slices, len(directions) * n_present * n_present)
+    blocks = _volume_blocks(level_index, len(directions) * n_present * n_present)
     return _cooccurrence_kernel(padded, offsets, n_present, blocks).sum(axis=0, keepdims=True)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _run_kernel(
-    padded: np.ndarray, offsets: np.ndarray, n_present: int, max_run: int, n_blocks: int
-) -> np.ndarray:
+@_ParallelOrSerial
+def _run_kernel(padded: np.ndarray, offsets: np.ndarray, n_present: int, max_run: int, n_blocks: int) -> np.ndarray:
     n_z, n_y, n_x = padded.shape
     inner_slices = n_z - 2
     flat = padded.ravel()
     n_directions = offsets.shape[0]
     counts = np.zeros((n_blocks, n_directions, n_present, max_run), dtype=np.int64)
     for block in prange(n_blocks):
-        for z in range(1 + block * inner_slices // n_blocks, 1 + (block + 1) * inner_slices // n_blocks):
-            for y in range(1, n_y - 1):
-                row = (z * n_y + y) * n_x
-                for x in range(1, n_x - 1):
-                    voxel = row + x
-                    level = flat[voxel]
-                    if level == 0:
-                        continue
-                    for d in range(n_directions):
-                        step = offsets[d]
+        # Direction outermost: the look-back then streams through memory at a fixed distance.
+        for d in range(n_directions):
+            step = offsets[d]
+            for z in range(1 + block * inner_slices // n_blocks, 1 + (block + 1) * inner_slices // n_blocks):
+                for y in range(1, n_y - 1):
+                    row = (z * n_y + y) * n_x
+                    for x in range(1, n_x - 1):
+                        voxel = row + x
+                        level = flat[voxel]
                         # Only the first voxel of a run walks it, so each run is counted once.
-                        if flat[voxel - step] == level:
+                        if level == 0 or flat[voxel - step] == level:
                             continue
                         length = 1
                         ahead = voxel + step
@@ -116,11 +151,11 @@ def count_runs(
     n_slices = level_index.shape[0]
     if per_slice:
         return _run_kernel(padded, offsets, n_present, max_run, n_slices)
-    blocks = _volume_blocks(n_slices, len(directions) * n_present * max_run)
+    blocks = _volume_blocks(level_index, len(directions) * n_present * max_run)
     return _run_kernel(padded, offsets, n_present, max_run, blocks).sum(axis=0, keepdims=True)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@_ParallelOrSerial
 def _border_distance_kernel(mask: np.ndarray, in_plane: bool) -> np.ndarray:
     # The city-block distance transform is separable: along each axis in turn, a forward and a backward
     # sweep propagate d = min(d, d_neighbour + 1). Outside the array counts as outside the ROI (distance 0).
@@ -228,7 +263,7 @@ def _unite_slice_with_earlier(
                     _unite(parent, voxel, other)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@_ParallelOrSerial
 def _label_zones_kernel(padded: np.ndarray, earlier: np.ndarray, n_slabs: int, join_slices: bool) -> np.ndarray:
     # Union-find over voxels, each joined with its already-visited neighbours of the same level. Slabs of
     # slices are labelled in parallel (a slab's unions touch only its own voxels), then the seams between
@@ -237,7 +272,7 @@ def _label_zones_kernel(padded: np.ndarray, earlier: np.ndarray, n_slabs: int, j
     inner_slices = n_z - 2
     flat = padded.ravel()
     n_voxels = flat.shape[0]
-    parent = np.arange(n_voxels)
+    parent = np.arange(n_voxels, dtype=np.int32)  # int32 halves the memory; the wrapper checks the size
     for slab in prange(n_slabs):
         first_slice = 1 + slab * inner_slices // n_slabs
         for z in range(first_slice, 1 + (slab + 1) * inner_slices // n_slabs):
@@ -245,7 +280,7 @@ def _label_zones_kernel(padded: np.ndarray, earlier: np.ndarray, n_slabs: int, j
     if join_slices:
         for slab in range(1, n_slabs):
             _unite_slice_with_earlier(flat, parent, earlier, 1 + slab * inner_slices // n_slabs, n_y, n_x, True)
-    root = np.empty(n_voxels, dtype=np.int64)
+    root = np.empty(n_voxels, dtype=np.int32)
     for voxel in prange(n_voxels):
         if flat[voxel] == 0:
             root[voxel] = -1
@@ -264,8 +299,8 @@ def _zone_statistics_kernel(
     plane = padded.shape[1] * padded.shape[2]
     flat_levels = padded.ravel()
     flat_distance = distance.ravel()
-    size = np.zeros(root.shape[0], dtype=np.int64)
-    nearest = np.full(root.shape[0], np.iinfo(np.int32).max, dtype=np.int64)
+    size = np.zeros(root.shape[0], dtype=np.int32)
+    nearest = np.full(root.shape[0], np.iinfo(np.int32).max, dtype=np.int32)
     n_zones = 0
     for voxel in range(root.shape[0]):
         zone = root[voxel]
@@ -295,21 +330,20 @@ def _zone_statistics_kernel(
 def find_zones(level_index: np.ndarray, in_plane: bool, distance: np.ndarray | None) -> Zones:
     """Zones by union-find; see ``zones.find_zones_reference``."""
     padded = _padded(level_index)
+    if padded.size >= np.iinfo(np.int32).max:
+        raise ValueError("the ROI's bounding box is too large for zone labelling (2^31 voxels or more)")
     # Negated forward directions are the neighbours that precede a voxel in memory order, in-plane first.
     earlier = _flat_offsets(padded.shape, -DIRECTIONS_3D)
     n_slices = level_index.shape[0]
-    n_slabs = n_slices if in_plane else max(1, min(n_slices, numba.get_num_threads()))
+    n_slabs = n_slices if in_plane else _volume_blocks(level_index, 1)
     root = _label_zones_kernel(padded, earlier, n_slabs, not in_plane)
     with_distance = distance is not None
-    padded_distance = (
-        np.pad(np.asarray(distance, dtype=np.int32), 1) if distance is not None
-        else np.zeros((1, 1, 1), dtype=np.int32)
-    )
+    padded_distance = _padded(distance) if distance is not None else np.zeros((1, 1, 1), dtype=np.int32)
     levels, sizes, slices, distances = _zone_statistics_kernel(padded, root, padded_distance, with_distance)
     return Zones(levels, sizes, slices, distances if with_distance else None)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@_ParallelOrSerial
 def _grey_tone_kernel(
     padded: np.ndarray, grey_values: np.ndarray, offsets: np.ndarray, n_blocks: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -352,12 +386,12 @@ def grey_tone_differences(
     n_slices = level_index.shape[0]
     if in_plane:
         return _grey_tone_kernel(padded, grey_values, offsets, n_slices)
-    blocks = _volume_blocks(n_slices, 2 * len(grey_values))
+    blocks = _volume_blocks(level_index, 2 * len(grey_values))
     voxel_counts, difference_sums = _grey_tone_kernel(padded, grey_values, offsets, blocks)
     return voxel_counts.sum(axis=0, keepdims=True), difference_sums.sum(axis=0, keepdims=True)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@_ParallelOrSerial
 def _dependence_kernel(
     padded: np.ndarray, offsets: np.ndarray, n_present: int, n_columns: int, n_blocks: int
 ) -> np.ndarray:
@@ -388,5 +422,5 @@ def count_dependences(level_index: np.ndarray, n_present: int, in_plane: bool, n
     n_slices = level_index.shape[0]
     if in_plane:
         return _dependence_kernel(padded, offsets, n_present, n_columns, n_slices)
-    blocks = _volume_blocks(n_slices, n_present * n_columns)
+    blocks = _volume_blocks(level_index, n_present * n_columns)
     return _dependence_kernel(padded, offsets, n_present, n_columns, blocks).sum(axis=0, keepdims=True)

@@ -135,8 +135,8 @@ def glrlm_from_context(context: TextureContext, aggregations: Iterable[str]) -> 
 
     def features_of(matrices: np.ndarray) -> np.ndarray:
         run_lengths = np.arange(1, matrices.shape[-1] + 1, dtype=np.float64)
-        voxels_covered = matrices @ run_lengths
-        return zone_features(matrices, roi.grey_values, run_lengths, voxels_covered.sum(axis=1))[:, :16]
+        voxels_covered = np.einsum("bij,j->b", matrices, run_lengths)  # Σ_j j r_ij: N_v of each matrix
+        return zone_features(matrices, roi.grey_values, run_lengths, voxels_covered)[:, :16]
 
     values = aggregate_directional(methods, count, features_of)
     return [item for method in methods for item in labelled(FAMILY, FEATURES, values[method], method)]

@@ -15,6 +15,9 @@ import numpy as np
 _BATCH_ELEMENTS = 1 << 22
 """Matrices are processed in groups of about this many entries, bounding the temporary arrays' memory."""
 
+# Products below are einsum rather than ``@``: these matrices are far too small to gain from BLAS, and a
+# threaded BLAS waking its threads (next to Numba's, on busy cores) costs more than the arithmetic.
+
 
 def _in_groups(
     formula: Callable[..., np.ndarray],
@@ -78,68 +81,82 @@ def cooccurrence_features(counts: np.ndarray, grey_values: np.ndarray, n_levels:
 
 
 def _cooccurrence_features(counts: np.ndarray, *, grey_values: np.ndarray, n_levels: int) -> np.ndarray:
-    counts = counts.astype(np.float64)
-    totals = counts.sum(axis=(1, 2))
+    # Only a few passes touch whole matrices; everything else comes from the marginals, which keeps the
+    # per-slice batches of the 2-D methods cheap. The identities used are noted where they apply.
+    n_matrices = counts.shape[0]
+    totals = counts.sum(axis=(1, 2), dtype=np.float64)
     empty = totals == 0
     p = counts / np.where(empty, 1.0, totals)[:, None, None]
+    p_flat = p.reshape(n_matrices, -1)
     i = grey_values[:, None]
     j = grey_values[None, :]
     difference = np.abs(i - j)
     squared_difference = difference**2
 
-    row_marginal = p.sum(axis=2)  # p_i; the matrix is symmetric, so p_j is the same vector
-    mean_row = row_marginal @ grey_values
-    centred = grey_values[None, :] - mean_row[:, None]
-    variance_row = np.maximum(np.einsum("bi,bi->b", row_marginal, centred**2), 0.0)
+    # Features that weight every entry with a fixed function of (i, j): one matrix product for all.
+    inverse_squared_difference = np.divide(1.0, squared_difference, where=difference > 0, out=np.zeros_like(difference))
+    fixed_weights = np.stack(
+        [
+            squared_difference,  # contrast
+            difference,  # dissimilarity
+            1.0 / (1.0 + difference),  # inverse difference
+            1.0 / (1.0 + difference / n_levels),  # normalised inverse difference
+            1.0 / (1.0 + squared_difference),  # inverse difference moment
+            1.0 / (1.0 + squared_difference / n_levels**2),  # normalised inverse difference moment
+            inverse_squared_difference,  # inverse variance (Σ_k≥1 p_{i-j}(k)/k²)
+            i * j,  # autocorrelation
+        ]
+    ).reshape(8, -1)
+    (
+        contrast,
+        dissimilarity,
+        inverse_difference,
+        inverse_difference_norm,
+        inverse_difference_moment,
+        inverse_difference_moment_norm,
+        inverse_variance,
+        autocorrelation,
+    ) = np.einsum("bk,fk->fb", p_flat, fixed_weights)
+
+    joint_max = p_flat.max(axis=1)
+    joint_entropy = -_sum_plog2p(p_flat, axis=1)
+    energy = np.einsum("bk,bk->b", p_flat, p_flat)
+
+    # The matrix is symmetric, so p_i = p_j, μ_i = μ_j = joint average and σ_i = σ_j.
+    marginal = p.sum(axis=2)
+    joint_avg = np.einsum("bi,i->b", marginal, grey_values)
+    centred = grey_values[None, :] - joint_avg[:, None]
+    joint_var = np.einsum("bi,bi->b", marginal, centred**2)
+    # Rounding can leave a tiny variance where the true one is zero (one grey level); dividing by it would
+    # turn an undefined correlation into a huge number.
+    joint_var = np.where(joint_var <= 1e-12 * np.maximum(joint_avg**2, 1.0), 0.0, joint_var)
+    correlation = _safe_divide(autocorrelation - joint_avg**2, joint_var)
 
     # Diagonal (|i-j| = k) and cross-diagonal (i+j = k) marginals, only for the k that can occur.
     diff_order, diff_starts, diff_keys = _grouped_columns(difference)
-    p_flat = p.reshape(p.shape[0], -1)
     p_diff = np.add.reduceat(p_flat[:, diff_order], diff_starts, axis=1)
     sum_order, sum_starts, sum_keys = _grouped_columns(i + j)
     p_sum = np.add.reduceat(p_flat[:, sum_order], sum_starts, axis=1)
 
-    joint_max = p.max(axis=(1, 2))
-    joint_avg = np.einsum("bij,i->b", p, grey_values)
-    joint_var = np.einsum("bij,bi->b", p, (grey_values[None, :] - joint_avg[:, None]) ** 2)
-    joint_entropy = -_sum_plog2p(p, axis=(1, 2))
-
-    diff_avg = p_diff @ diff_keys
+    diff_avg = np.einsum("bk,k->b", p_diff, diff_keys)
     diff_var = np.einsum("bk,bk->b", p_diff, (diff_keys[None, :] - diff_avg[:, None]) ** 2)
     diff_entropy = -_sum_plog2p(p_diff, axis=1)
-    sum_avg = p_sum @ sum_keys
-    sum_var = np.einsum("bk,bk->b", p_sum, (sum_keys[None, :] - sum_avg[:, None]) ** 2)
+    sum_avg = np.einsum("bk,k->b", p_sum, sum_keys)
+    sum_centred = sum_keys[None, :] - sum_avg[:, None]
+    sum_centred_squared = sum_centred * sum_centred
+    sum_var = np.einsum("bk,bk->b", p_sum, sum_centred_squared)
     sum_entropy = -_sum_plog2p(p_sum, axis=1)
+    # i + j − μ_i − μ_j is the centred sum i + j, so the cluster moments are moments of p_{i+j}.
+    cluster_tendency = sum_var
+    cluster_shade = np.einsum("bk,bk->b", p_sum, sum_centred_squared * sum_centred)
+    cluster_prominence = np.einsum("bk,bk->b", p_sum, sum_centred_squared * sum_centred_squared)
 
-    energy = np.einsum("bij,bij->b", p, p)
-    contrast = np.einsum("bij,ij->b", p, squared_difference)
-    dissimilarity = np.einsum("bij,ij->b", p, difference)
-    inverse_difference = np.einsum("bij,ij->b", p, 1.0 / (1.0 + difference))
-    inverse_difference_norm = np.einsum("bij,ij->b", p, 1.0 / (1.0 + difference / n_levels))
-    inverse_difference_moment = np.einsum("bij,ij->b", p, 1.0 / (1.0 + squared_difference))
-    inverse_difference_moment_norm = np.einsum("bij,ij->b", p, 1.0 / (1.0 + squared_difference / n_levels**2))
-    off_diagonal = difference > 0
-    inverse_variance = np.einsum(
-        "bij,ij->b", p, np.divide(1.0, squared_difference, where=off_diagonal, out=np.zeros_like(difference))
-    )
-
-    covariance = np.einsum("bij,bi,bj->b", p, centred, centred)
-    correlation = _safe_divide(covariance, variance_row)
-    autocorrelation = np.einsum("bij,ij->b", p, i * j)
-    cluster_offset = (centred[:, :, None] + centred[:, None, :])
-    cluster_tendency = np.einsum("bij,bij->b", p, cluster_offset**2)
-    cluster_shade = np.einsum("bij,bij->b", p, cluster_offset**3)
-    cluster_prominence = np.einsum("bij,bij->b", p, cluster_offset**4)
-
-    # Entropies of the marginals for the information correlations; with a symmetric matrix HX = HY.
-    outer_marginals = row_marginal[:, :, None] * row_marginal[:, None, :]
-    log_outer = np.log2(outer_marginals, where=outer_marginals > 0, out=np.zeros_like(outer_marginals))
-    hx = -_sum_plog2p(row_marginal, axis=1)
-    hxy1 = -np.einsum("bij,bij->b", p, log_outer)
-    hxy2 = -np.einsum("bij,bij->b", outer_marginals, log_outer)
-    info_corr_1 = _safe_divide(joint_entropy - hxy1, hx)
+    # With marginals p_i = p_j, both HXY1 = −Σ p_ij log2(p_i p_j) and HXY2 = −Σ p_i p_j log2(p_i p_j)
+    # reduce to HX + HY = 2 HX.
+    hx = -_sum_plog2p(marginal, axis=1)
+    info_corr_1 = _safe_divide(joint_entropy - 2.0 * hx, hx)
     # HXY2 ≥ HXY mathematically; clip rounding so the square root stays real.
-    info_corr_2 = np.sqrt(np.maximum(1.0 - np.exp(-2.0 * (hxy2 - joint_entropy)), 0.0))
+    info_corr_2 = np.sqrt(np.maximum(1.0 - np.exp(-2.0 * (2.0 * hx - joint_entropy)), 0.0))
 
     features = np.stack([
         joint_max, joint_avg, joint_var, joint_entropy,
@@ -188,14 +205,14 @@ def _zone_features(
     i2 = grey_values**2
     j2 = column_values**2
 
-    short_emphasis = per_column @ (1.0 / j2) / n_entries_safe
-    long_emphasis = per_column @ j2 / n_entries_safe
-    low_grey_emphasis = per_level @ (1.0 / i2) / n_entries_safe
-    high_grey_emphasis = per_level @ i2 / n_entries_safe
-    short_low = np.einsum("bij,i,j->b", counts, 1.0 / i2, 1.0 / j2) / n_entries_safe
-    short_high = np.einsum("bij,i,j->b", counts, i2, 1.0 / j2) / n_entries_safe
-    long_low = np.einsum("bij,i,j->b", counts, 1.0 / i2, j2) / n_entries_safe
-    long_high = np.einsum("bij,i,j->b", counts, i2, j2) / n_entries_safe
+    short_emphasis = np.einsum("bj,j->b", per_column, 1.0 / j2) / n_entries_safe
+    long_emphasis = np.einsum("bj,j->b", per_column, j2) / n_entries_safe
+    low_grey_emphasis = np.einsum("bi,i->b", per_level, 1.0 / i2) / n_entries_safe
+    high_grey_emphasis = np.einsum("bi,i->b", per_level, i2) / n_entries_safe
+    # Σ_ij r_ij a_i b_j for the four joint emphases, via one product over columns then one over levels.
+    by_column_weight = np.einsum("bij,jk->bik", counts, np.stack([1.0 / j2, j2], axis=1))  # k: short, long
+    short_low, long_low = np.einsum("bik,i->kb", by_column_weight, 1.0 / i2) / n_entries_safe
+    short_high, long_high = np.einsum("bik,i->kb", by_column_weight, i2) / n_entries_safe
     grey_nonuniformity = (per_level**2).sum(axis=1) / n_entries_safe
     grey_nonuniformity_norm = grey_nonuniformity / n_entries_safe
     column_nonuniformity = (per_column**2).sum(axis=1) / n_entries_safe
@@ -205,8 +222,8 @@ def _zone_features(
     p = counts / n_entries_safe[:, None, None]
     p_level = p.sum(axis=2)
     p_column = p.sum(axis=1)
-    mean_level = p_level @ grey_values
-    mean_column = p_column @ column_values
+    mean_level = np.einsum("bi,i->b", p_level, grey_values)
+    mean_column = np.einsum("bj,j->b", p_column, column_values)
     grey_variance = np.einsum("bi,bi->b", p_level, (grey_values[None, :] - mean_level[:, None]) ** 2)
     column_variance = np.einsum("bj,bj->b", p_column, (column_values[None, :] - mean_column[:, None]) ** 2)
     entropy = -_sum_plog2p(p, axis=(1, 2))

@@ -32,6 +32,8 @@ class PreparedRoi:
 
 
 def _as_volume(array: np.ndarray, name: str) -> np.ndarray:
+    if hasattr(array, "__cuda_array_interface__") and hasattr(array, "get"):
+        array = array.get()  # a CuPy array from a GPU pipeline: preparation runs on the host
     array = np.asarray(array)
     if array.ndim == 2:
         # A single slice is a volume one slice thick; its 3-D features then equal the 2-D ones.
