@@ -111,9 +111,10 @@ def posterior_skin_y(anatomy: DemoAnatomy) -> float:
     return max(cy + b + fat * fat_factor(z) for z, _, cy, _, b in WALL_KEYS if z < 0)
 
 
-def _bone(tissue_layers: list[Layer], outer: Shape, inner: Shape) -> None:
-    tissue_layers.append(Layer("bone", outer))
-    tissue_layers.append(Layer("marrow", inner))
+def _bone(layers: list[Layer], outer: Shape, inner: Shape) -> None:
+    """Cortical bone with marrow inside: bright rim, fatty centre on T1."""
+    layers.append(Layer("bone", outer))
+    layers.append(Layer("marrow", inner))
 
 
 def _bone_tube(layers: list[Layer], keys: Sequence[Key], cortex: float = 2.5) -> None:
@@ -177,6 +178,7 @@ def build_body(anatomy: DemoAnatomy) -> tuple[Layer, ...]:
     layers: list[Layer] = []
     add = layers.append
 
+    # The CT couch under the patient: a carbon-fibre shell around foam, with no MR or PET signal.
     table_y = posterior_skin_y(anatomy) + 8.0
     add(Layer("table_shell", Tube([(-1200, 0, table_y, 235, 8), (600, 0, table_y, 235, 8)])))
     add(Layer("table_core", Tube([(-1200, 0, table_y, 230, 5), (600, 0, table_y, 230, 5)])))
@@ -189,11 +191,11 @@ def build_body(anatomy: DemoAnatomy) -> tuple[Layer, ...]:
             add(Layer("gland", Ellipsoid(side * 82, -92 - 20 * s, -112, 40 * s, 26 * s, 36 * s), key=key))
     add(Layer("muscle", Tube(WALL_KEYS), key="wall"))
     add(Layer("fat", Tube(CAVITY_KEYS), key="cavity", within="wall"))
-    for keys in (((20, 24, 62, 16, 12), (-20, 30, 78, 22, 14), (-150, 32, 84, 24, 15),
-                  (-280, 34, 80, 28, 18), (-380, 36, 76, 30, 22), (-460, 38, 78, 30, 22),
-                  (-520, 32, 88, 22, 12), (-540, 28, 92, 12, 8)),):
-        add(Layer("muscle", Tube(keys)))
-        add(Layer("muscle", Tube(_mirror(keys))))
+    # Paraspinal muscles fill the back of the cavity beside the spine (the kidneys lie in front of them).
+    paraspinal = [(20, 24, 62, 16, 12), (-20, 30, 78, 22, 14), (-150, 32, 84, 24, 15), (-280, 34, 80, 28, 18),
+                  (-380, 36, 76, 30, 22), (-460, 38, 78, 30, 22), (-520, 32, 88, 22, 12), (-540, 28, 92, 12, 8)]
+    add(Layer("muscle", Tube(paraspinal)))
+    add(Layer("muscle", Tube(_mirror(paraspinal))))
 
     _head_and_neck(layers)
     _chest(layers, rng)
@@ -351,7 +353,7 @@ def _skeleton(layers: list[Layer]) -> None:
     spinous = [(z, 0, cy + b + (6.0 if z > 10 else 12.0), 3.5, 6.0 if z > 10 else 12.0)
                for z, _, cy, _, b in canal]
     add(Layer("bone", Periodic(Tube(spinous), 25, 15)))
-    transverse = [(z, 0, cy - 2, a + 18.0, 4.0) for z, _, cy, a, _ in canal]
+    transverse = [(z, 0, cy - 2, a + (9.0 if z > 10 else 18.0), 4.0) for z, _, cy, a, _ in canal]
     add(Layer("bone", Periodic(Tube(transverse), 25, 8, phase=6)))
     add(Layer("csf", Tube(canal)))
     add(Layer("cord", Tube([(z, cx, cy, 4.5, 4.0) for z, cx, cy, _, _ in canal if z >= -330])))
@@ -388,15 +390,19 @@ def organ_shape(anatomy: DemoAnatomy, key: str) -> Shape:
 
 
 def point_in_organ(anatomy: DemoAnatomy, key: str, rng: np.random.Generator, radius_mm: float,
-                   z_range: tuple[float, float] | None = None) -> tuple[float, float, float]:
-    """A template point deep enough inside an organ that a lesion of this radius stays mostly inside."""
+                   z_range: tuple[float, float] | None = None, x_max: float = math.inf
+                   ) -> tuple[float, float, float]:
+    """A template point deep enough inside an organ that a lesion of this radius stays mostly inside.
+
+    `x_max` keeps the point on the patient's right of a sagittal plane (the right lobe of the liver).
+    """
     shape = organ_shape(anatomy, key)
     z_low, z_high = shape.z_min, shape.z_max
     if z_range is not None:
         z_low, z_high = max(z_low, z_range[0]), min(z_high, z_range[1])
     margin = min(radius_mm * 0.6, (z_high - z_low) / 2.0 - 1.0)
     z_low, z_high = z_low + margin, z_high - margin
-    for _ in range(50):
+    for _ in range(100):
         z = float(rng.uniform(z_low, z_high))
         found = shape.sections(z)
         if not found:
@@ -409,6 +415,8 @@ def point_in_organ(anatomy: DemoAnatomy, key: str, rng: np.random.Generator, rad
         phi = float(rng.uniform(0, 2 * math.pi))
         u, v = e.a * rho * math.cos(phi), e.b * rho * math.sin(phi)
         cos_a, sin_a = math.cos(e.angle), math.sin(e.angle)
-        return e.cx + u * cos_a - v * sin_a, e.cy + u * sin_a + v * cos_a, z
+        x = e.cx + u * cos_a - v * sin_a
+        if x <= x_max:
+            return x, e.cy + u * sin_a + v * cos_a, z
     section = shape.sections((shape.z_min + shape.z_max) / 2.0)[0]
     return section.cx, section.cy, (shape.z_min + shape.z_max) / 2.0

@@ -289,7 +289,7 @@ def _mr(key: str, contrast: str, sequence: MrSequence, matrix: int, thickness: f
         *, derived: bool = False, contrast_agent: bool = False) -> SeriesProtocol:
     image_type = ("DERIVED", "PRIMARY", "DIFFUSION", "ADC") if derived else (
         ("ORIGINAL", "PRIMARY", "DIFFUSION", "TRACEW") if contrast == "mr_dwi" else ("ORIGINAL", "PRIMARY", "M"))
-    noise = {"mr_dwi": 0.035, "mr_adc": 0.04}.get(contrast, 0.015)
+    noise = {"mr_dwi": 0.025, "mr_adc": 0.04}.get(contrast, 0.015)
     return SeriesProtocol(key, "MR", contrast, "", matrix, thickness, round(thickness * 1.1, 1), noise,
                           kernel="", window=None, contrast_agent=contrast_agent, delay_s=delay_s,
                           image_type=image_type, mr=sequence)
@@ -392,7 +392,7 @@ EXAMS: dict[str, ExamProtocol] = {exam.key: exam for exam in (
     ExamProtocol("mr_neck", "MR", "neck", "", "NECK", "Neck^Contrast",
                  _descriptions("RM CUELLO CON CONTRASTE", "MRT Hals mit KM", "IRM CERVICALE",
                                "RM COLLO CON MDC", "RM PESCOÇO COM CONTRASTE", "MRI hals met contrast"),
-                 _mr_series("mr_neck", 4.0, 5.0, "t1", "t1c")[:4], fov_mm=240.0, fov_centre=(0.0, 10.0)),
+                 _mr_series("mr_neck", 4.0, 5.0, "t1c", None), fov_mm=240.0, fov_centre=(0.0, 10.0)),
 )}
 
 SERIES_PROTOCOLS: dict[str, SeriesProtocol] = {s.key: s for exam in EXAMS.values() for s in exam.series}
@@ -441,7 +441,7 @@ CANCER_SITES: dict[str, CancerSite] = {site.key: site for site in (
     CancerSite("colorectal", None, 0.58, 66, 10, (
         CancerVariant("C20", "Malignant neoplasm of rectum", "C20.9", "Rectum, NOS",
                       "8140/3", "Adenocarcinoma, NOS"),
-    ), ("mr_rectum", "ct_abdomen", "ct_abdomen")),
+    ), ("mr_rectum", "ct_abdomen", "mr_rectum")),
     CancerSite("head_and_neck", None, 0.75, 62, 9, (
         CancerVariant("C32.0", "Malignant neoplasm: Glottis", "C32.0", "Glottis",
                       "8070/3", "Squamous cell carcinoma, NOS"),

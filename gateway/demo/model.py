@@ -147,6 +147,7 @@ class DemoStudy:
     study_time: str
     description: str
     exam_key: str                   # key of the exam protocol in gateway.demo.catalogue
+    modality: str                   # the examination: "CT" | "MR" | "PT" (a PET/CT)
     purpose: str                    # "diagnosis" | "staging" | "follow-up"
     modalities: tuple[str, ...]     # ModalitiesInStudy
     body_part: str
