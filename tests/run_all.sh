@@ -21,6 +21,9 @@ fi
 
 echo "== installing the gateway with its test extras"
 python3 -m pip install -q -e ".[test]" 2>&1 | grep -v -e "is ignored" -e "Running pip as the 'root' user" || true
+# pyradiomics (the peer the IBSI features are compared with) imports numpy in its build script.
+python3 -c "import radiomics" 2>/dev/null || python3 -m pip install -q --no-build-isolation "pyradiomics>=3.0" 2>&1 \
+  | grep -v -e "is ignored" -e "Running pip as the 'root' user" || true
 
 echo "== starting PostgreSQL on loopback"
 GATEWAY_TEST_POSTGRES_URL=$(bash .ci/postgres.sh start)

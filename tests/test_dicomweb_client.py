@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import pydicom
@@ -16,8 +17,10 @@ from tests.dicom_factory import make_dataset, multipart_body, new_uid, stow_head
 
 
 @pytest.fixture
-def client(server: RunningServer) -> DICOMwebClient:
-    return DICOMwebClient(url=server.dicomweb)
+def client(server: RunningServer) -> Iterator[DICOMwebClient]:
+    dicomweb = DICOMwebClient(url=server.dicomweb)
+    yield dicomweb
+    dicomweb._session.close()  # a kept-alive connection would hold the server's shutdown
 
 
 def _series(count: int, **kwargs: object) -> list[pydicom.Dataset]:
