@@ -38,6 +38,8 @@ class Settings:
     log_level: str = "INFO"
     # Public base URL of the gateway when behind a reverse proxy (used in BulkDataURIs and links).
     public_base_url: str | None = None
+    # Browser origins (e.g. an OHIF viewer at https://viewer.hospital.example) allowed to call the API; "*" any.
+    cors_origins: list[str] = field(default_factory=list)
 
     @property
     def storage_dir(self) -> Path:
@@ -80,7 +82,8 @@ def _flatten_toml(doc: dict[str, Any]) -> dict[str, Any]:
     """Accept both top-level keys and the `[gateway]`/`[server]`/`[storage]` tables a site file may use."""
     flat: dict[str, Any] = {}
     for key, value in doc.items():
-        if isinstance(value, dict) and key in ("gateway", "server", "storage", "database", "auth", "dicomweb"):
+        if isinstance(value, dict) and key in ("gateway", "server", "storage", "database", "auth", "dicomweb",
+                                               "cors"):
             for sub_key, sub_value in value.items():
                 flat[sub_key if key != "database" or sub_key != "url" else "database_url"] = sub_value
         else:

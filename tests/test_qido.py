@@ -176,3 +176,23 @@ def test_bad_uid_in_path_and_unknown_study(server: RunningServer) -> None:
     assert requests.get(f"{server.dicomweb}/studies/1.2.x/series", timeout=30).status_code == 400
     missing = requests.get(f"{server.dicomweb}/studies/1.2.3/metadata", timeout=30)
     assert missing.status_code == 404 and "1.2.3" in missing.json()["detail"]
+
+
+def test_cors_for_allowed_origins_only(tmp_path, database_url: str) -> None:  # type: ignore[no-untyped-def]
+    from gateway.node import Node
+    from tests.conftest import make_settings, start_server
+
+    node = Node.open(make_settings(tmp_path / "d", database_url, cors_origins=["https://viewer.example"]))
+    running, waitress_server, _thread = start_server(node)
+    try:
+        url = f"{running.dicomweb}/studies"
+        allowed = requests.get(url, headers={"Origin": "https://viewer.example"}, timeout=30)
+        assert allowed.headers["Access-Control-Allow-Origin"] == "https://viewer.example"
+        other = requests.get(url, headers={"Origin": "https://evil.example"}, timeout=30)
+        assert "Access-Control-Allow-Origin" not in other.headers
+        preflight = requests.options(url, headers={"Origin": "https://viewer.example",
+                                                   "Access-Control-Request-Method": "GET"}, timeout=30)
+        assert preflight.status_code == 204 and "GET" in preflight.headers["Access-Control-Allow-Methods"]
+    finally:
+        waitress_server.close()  # type: ignore[attr-defined]
+        node.close()

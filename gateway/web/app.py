@@ -7,6 +7,7 @@ from flask import Flask
 from gateway.config import Settings
 from gateway.node import Node
 from gateway.web import dicomweb, health
+from gateway.web.cors import install_cors
 from gateway.web.problems import install_error_handlers
 
 
@@ -18,6 +19,7 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> Fl
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["gateway.node"] = node
     install_error_handlers(app)
+    install_cors(app, node.settings.cors_origins)
     app.register_blueprint(health.create_blueprint())
     app.register_blueprint(dicomweb.create_blueprint(), url_prefix="/dicomweb")
     return app
