@@ -7,7 +7,9 @@ same work. As a script this module is the whole-process worker; it imports only 
         --bin-width 25 [--new-spacing Z Y X] --out RESULTS.json
 
 It loads the volume and the label map, extracts every lesion, writes ``{label: {feature: value}}`` as JSON to
-``--out`` and prints one JSON line with its stage times (import, load, extract, write) to stdout.
+``--out`` and prints one JSON line to stdout: its stage times (import, load, extract, write) and the wall-clock
+times (``time.time()``) at which it started its own work and finished writing, so that the parent can tell
+interpreter start-up (with NumPy and SciPy) and interpreter exit apart.
 
 Both tools get each lesion cropped to its bounding box plus a margin first (one ``find_objects`` pass over the
 label map): pyradiomics the small margin its fast path needs, the gateway the margin its IBSI local intensity
@@ -260,6 +262,7 @@ EXTRACTORS: dict[str, Callable[[np.ndarray, np.ndarray, Settings], LesionFeature
 
 
 def run_worker(argv: Sequence[str] | None = None) -> int:
+    started_at = time.time()
     started = time.perf_counter()
     parser = argparse.ArgumentParser(description="Extract every lesion of a label map with one tool.")
     parser.add_argument("tool", choices=sorted(EXTRACTORS))
@@ -287,7 +290,7 @@ def run_worker(argv: Sequence[str] | None = None) -> int:
     written = time.perf_counter()
     stages = {"import": imported - started, "load": loaded - imported, "extract": extracted - loaded,
               "write": written - extracted}
-    print(json.dumps(stages))
+    print(json.dumps({"stages": stages, "started_at": started_at, "finished_at": time.time()}), flush=True)
     return 0
 
 
