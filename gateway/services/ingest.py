@@ -108,7 +108,7 @@ class ParsedInstance:
 def _check_not_truncated(dataset: Dataset, file_size: int) -> None:
     """Deferred values are only skipped over while parsing, so a cut-off file parses 'successfully'."""
     for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset would convert every element
-        raw = dataset.get_item(tag)
+        raw = dataset.get_item(tag, keep_deferred=True)
         length = getattr(raw, "length", None)
         tell = getattr(raw, "value_tell", None)
         if length is None or tell is None or length == 0xFFFFFFFF:
