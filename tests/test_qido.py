@@ -196,3 +196,21 @@ def test_cors_for_allowed_origins_only(tmp_path, database_url: str) -> None:  # 
     finally:
         waitress_server.close()  # type: ignore[attr-defined]
         node.close()
+
+
+@pytest.mark.parametrize(("path", "params"), [
+    ("/studies", {}), ("/studies", {"ModalitiesInStudy": "CT"}), ("/studies", {"PatientName": "smith*"}),
+    ("/series", {}), ("/series", {"Modality": "MR"}), ("/studies", {"limit": "2", "offset": "1"}),
+])
+def test_spliced_answers_equal_the_general_path(server: RunningServer, loaded: dict[str, Any], path: str,
+                                                params: dict[str, str]) -> None:
+    from gateway.services.query import parse_query
+
+    level = "study" if path == "/studies" else "series"
+    query = parse_query(level, list(params.items()), max_results=100)
+    general = server.node.query.search(query, base_url=server.dicomweb).matches
+    assert _search(server, path, **params) == general
+    study = loaded["studies"][0]
+    query = parse_query("series", [], max_results=100)
+    general = server.node.query.search(query, base_url=server.dicomweb, study_uid=study).matches
+    assert _search(server, f"/studies/{study}/series") == general

@@ -198,3 +198,35 @@ def test_cli_import_and_db(tmp_path: Path) -> None:
     bad_config = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(tmp_path / "none.toml")],
                                 capture_output=True, text=True, timeout=60)
     assert bad_config.returncode == 2 and "does not exist" in bad_config.stderr
+
+
+def test_migration_backfills_existing_rows(tmp_path: Path) -> None:
+    """Upgrading an index created by revision 0001 computes the QIDO fragments of the studies it holds."""
+    import json as json_module
+
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from gateway.dicom.index_fields import study_qido_members
+    from gateway.store.db import alembic_config, upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0001")
+    attributes = {"00100020": {"vr": "LO", "Value": ["P9"]}, "00081030": {"vr": "LO", "Value": ["not default"]}}
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO patient (pk, patient_id, issuer, patient_name, patient_name_match, "
+                                "patient_birth_date, patient_sex, num_studies, created_at) VALUES "
+                                "(1, 'P9', '', '', '', '', '', 1, '2020-01-01')"))
+        connection.execute(text(
+            "INSERT INTO study (pk, study_instance_uid, patient_pk, patient_id, issuer, patient_name, "
+            "patient_name_match, patient_name_fuzzy, patient_birth_date, patient_sex, study_date, study_time, "
+            "accession_number, study_id, study_description, referring_physician_match, modalities, num_series, "
+            "num_instances, attributes_json, created_at, updated_at) VALUES (1, '1.2.3', 1, 'P9', '', '', '', '', "
+            "'', '', '', '', '', '', '', '', '', 0, 0, :attributes, '2020-01-01', '2020-01-01')"),
+            {"attributes": json_module.dumps(attributes)})
+    upgrade_database(url)
+    with engine.connect() as connection:
+        backfilled = connection.execute(text("SELECT qido_json FROM study WHERE pk = 1")).scalar()
+    assert backfilled == study_qido_members(attributes) == '"00100020":{"vr":"LO","Value":["P9"]}'
+    engine.dispose()

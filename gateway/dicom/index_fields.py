@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.dicom import levels
+from gateway.dicom.json_model import dumps
 from gateway.dicom.normalise import (
     normalise_date,
     normalise_time,
@@ -124,3 +125,20 @@ def study_attributes(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def series_attributes(metadata: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metadata.items() if k in _SERIES_KEYS}
+
+
+_STUDY_DEFAULT_KEYS = frozenset(tag_hex(t) for t in levels.STUDY_DEFAULTS)
+_SERIES_DEFAULT_KEYS = frozenset(tag_hex(t) for t in levels.SERIES_DEFAULTS)
+
+
+def json_members(attributes: dict[str, Any], keys: frozenset[str]) -> str:
+    """The chosen attributes as JSON object members without the braces, ready to splice into an answer."""
+    return ",".join(f'"{key}":{dumps(value)}' for key, value in sorted(attributes.items()) if key in keys)
+
+
+def study_qido_members(study_attributes_: dict[str, Any]) -> str:
+    return json_members(study_attributes_, _STUDY_DEFAULT_KEYS)
+
+
+def series_qido_members(series_attributes_: dict[str, Any]) -> str:
+    return json_members(series_attributes_, _SERIES_DEFAULT_KEYS)

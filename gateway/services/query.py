@@ -235,11 +235,12 @@ def parse_query(level: Level, params: Iterable[tuple[str, str]], *, max_results:
 def _statement(query: Query, study_uid: str | None, series_uid: str | None) -> Select[Any]:
     if query.level == "study":
         statement = select(Study.pk, Study.study_instance_uid, Study.attributes_json, Study.modalities,
-                           Study.num_series, Study.num_instances).order_by(Study.pk)
+                           Study.num_series, Study.num_instances, Study.qido_json).order_by(Study.pk)
     elif query.level == "series":
         statement = (select(Series.pk, Series.series_instance_uid, Series.attributes_json, Series.num_instances,
                             Study.study_instance_uid, Study.attributes_json.label("study_json"),
-                            Study.modalities, Study.num_series, Study.num_instances.label("study_instances"))
+                            Study.modalities, Study.num_series, Study.num_instances.label("study_instances"),
+                            Series.qido_json, Study.qido_json.label("study_qido_json"))
                      .join(Study, Study.pk == Series.study_pk).order_by(Series.study_pk, Series.series_number,
                                                                         Series.pk))
     else:
@@ -290,19 +291,78 @@ class QueryResult:
     warnings: list[str]
 
 
+_SPLICEABLE: dict[str, frozenset[int]] = {
+    "study": levels.STUDY_DEFAULTS,
+    "series": levels.SERIES_DEFAULTS | levels.STUDY_DEFAULTS,
+}
+
+
+def _member(tag: str, vr: str, values: list[Any]) -> str:
+    return f'"{tag}":' + json.dumps({"vr": vr, "Value": values} if values else {"vr": vr}, ensure_ascii=False,
+                                    separators=(",", ":"))
+
+
+def _study_computed_members(modalities: str, num_series: int, num_instances: int) -> list[str]:
+    return [_member("00080061", "CS", [m for m in modalities.split("\\") if m]),
+            f'"00201206":{{"vr":"IS","Value":[{num_series}]}}',
+            f'"00201208":{{"vr":"IS","Value":[{num_instances}]}}']
+
+
+_ONLINE = '"00080056":{"vr":"CS","Value":["ONLINE"]}'
+
+
+@dataclass
+class QueryText:
+    """A QIDO-RS answer as DICOM JSON text."""
+
+    text: str
+    truncated: bool
+    warnings: list[str]
+
+
 class QueryService:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def search(self, query: Query, *, base_url: str, study_uid: str | None = None,
-               series_uid: str | None = None) -> QueryResult:
+    def _rows(self, query: Query, study_uid: str | None, series_uid: str | None) -> tuple[list[Any], bool]:
         statement = _statement(query, study_uid, series_uid).offset(query.offset)
         if query.limit is not None:
             statement = statement.limit(query.limit + 1)
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
         truncated = query.limit is not None and len(rows) > query.limit
-        rows = rows[: query.limit] if query.limit is not None else rows
+        return (rows[: query.limit] if query.limit is not None else rows), truncated
+
+    def search_json(self, query: Query, *, base_url: str, study_uid: str | None = None,
+                    series_uid: str | None = None) -> QueryText:
+        """Like search, as JSON text; answers that need only the default attributes are spliced from the
+        fragments precomputed at ingest, so their cost does not grow with the attributes each match holds."""
+        spliceable = _SPLICEABLE.get(query.level)
+        if spliceable is None or query.return_tags is None or not query.return_tags <= spliceable:
+            result = self.search(query, base_url=base_url, study_uid=study_uid, series_uid=series_uid)
+            return QueryText(dumps_matches(result.matches), result.truncated, result.warnings)
+        rows, truncated = self._rows(query, study_uid, series_uid)
+        texts = []
+        for row in rows:
+            if query.level == "study":
+                members = [row.qido_json, *_study_computed_members(row.modalities, row.num_series,
+                                                                   row.num_instances)]
+                url = f"{base_url}/studies/{row.study_instance_uid}"
+            else:
+                if study_uid is None:
+                    members = [row.study_qido_json, *_study_computed_members(row.modalities, row.num_series,
+                                                                             row.study_instances)]
+                else:
+                    members = [_member("0020000D", "UI", [row.study_instance_uid])]
+                members += [row.qido_json, f'"00201209":{{"vr":"IS","Value":[{row.num_instances}]}}']
+                url = f"{base_url}/studies/{row.study_instance_uid}/series/{row.series_instance_uid}"
+            members += [_ONLINE, _member("00081190", "UR", [url])]
+            texts.append("{" + ",".join(m for m in members if m) + "}")
+        return QueryText("[" + ",".join(texts) + "]", truncated, query.warnings)
+
+    def search(self, query: Query, *, base_url: str, study_uid: str | None = None,
+               series_uid: str | None = None) -> QueryResult:
+        rows, truncated = self._rows(query, study_uid, series_uid)
         builder = {"study": self._study_match, "series": self._series_match,
                    "instance": self._instance_match}[query.level]
         # Parent-level attributes are added when the search spans parents (all series, all instances).
@@ -384,3 +444,7 @@ class QueryService:
         with self.engine.connect() as connection:
             text = connection.execute(select(Instance.metadata_json).where(Instance.pk == instance_pk)).scalar()
         return json.loads(text or "{}")
+
+
+def dumps_matches(matches: list[dict[str, Any]]) -> str:
+    return json.dumps(matches, ensure_ascii=False, separators=(",", ":"))

@@ -17,7 +17,13 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.dicom.index_fields import IndexFields, series_attributes, study_attributes
+from gateway.dicom.index_fields import (
+    IndexFields,
+    series_attributes,
+    series_qido_members,
+    study_attributes,
+    study_qido_members,
+)
 from gateway.dicom.json_model import dumps
 from gateway.dicom.status import CANNOT_UNDERSTAND, InstanceRejected
 from gateway.store.models import Instance, Patient, Series, Study, StudyModality, utcnow
@@ -116,7 +122,8 @@ class GroupIndexWriter:
                 accession_number=fields.accession_number, study_id=fields.study_id,
                 study_description=fields.study_description,
                 referring_physician_match=fields.referring_physician_name.upper(), modalities="",
-                num_series=0, num_instances=0, attributes_json=dumps(study_attributes(record.metadata)),
+                num_series=0, num_instances=0, attributes_json=dumps(study_json := study_attributes(record.metadata)),
+                qido_json=study_qido_members(study_json),
                 created_at=utcnow(), updated_at=utcnow())).inserted_primary_key[0]
             study = new_study = _StudyState(pk, set())
         if series is None:
@@ -125,7 +132,8 @@ class GroupIndexWriter:
                 series_number=fields.series_number, series_description=fields.series_description,
                 body_part_examined=fields.body_part_examined, series_date=fields.series_date,
                 pps_start_date=fields.pps_start_date, pps_start_time=fields.pps_start_time, num_instances=0,
-                attributes_json=dumps(series_attributes(record.metadata)),
+                attributes_json=dumps(series_json := series_attributes(record.metadata)),
+                qido_json=series_qido_members(series_json),
                 created_at=utcnow())).inserted_primary_key[0]
             series = new_series = _SeriesState(pk, study.pk)
         row = dict(sop_instance_uid=fields.sop_instance_uid, series_pk=series.pk, study_pk=study.pk,

@@ -62,6 +62,8 @@ class Study(SQLModel, table=True):
     num_series: int = 0
     num_instances: int = 0
     attributes_json: str = Field(default="{}", sa_type=Text)
+    # The default QIDO-RS return attributes as JSON members ('"00100020":{...},...'), spliced into answers.
+    qido_json: str = Field(default="", sa_type=Text)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow, index=True)
 
@@ -91,6 +93,7 @@ class Series(SQLModel, table=True):
     pps_start_time: str = Field(default="", max_length=13)
     num_instances: int = 0
     attributes_json: str = Field(default="{}", sa_type=Text)
+    qido_json: str = Field(default="", sa_type=Text)
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from gateway.dicom.json_model import dumps
 from gateway.dicom.levels import Level
 from gateway.services.query import InvalidQuery, parse_query
 from gateway.web.dicomweb.common import base_url, checked_uids, json_response, node, require_json_acceptable
@@ -25,8 +24,8 @@ def _search(level: Level, study_uid: str | None = None, series_uid: str | None =
         query = parse_query(level, _query_pairs(), max_results=settings.qido_max_results)
     except InvalidQuery as exc:
         raise Problem(400, str(exc)) from exc
-    result = node().query.search(query, base_url=base_url(), study_uid=study_uid, series_uid=series_uid)
-    response = json_response(dumps(result.matches), media_type)
+    result = node().query.search_json(query, base_url=base_url(), study_uid=study_uid, series_uid=series_uid)
+    response = json_response(result.text, media_type)
     warnings = list(result.warnings)
     if result.truncated:
         warnings.append("There are additional results that match the query.")
