@@ -49,6 +49,7 @@ class Node:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.files.close()
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as connection:

@@ -19,6 +19,7 @@ from gateway.config import ConfigError, load_settings
 from gateway.dicom.status import InstanceRejected
 from gateway.node import Node
 from gateway.store.index_writer import GroupIndexWriter
+from tests.conftest import make_settings
 from tests.dicom_factory import make_dataset, make_instance, multipart_body, new_uid, stow_headers, to_bytes
 
 
@@ -64,7 +65,7 @@ def test_failure_inside_a_group_spoils_nothing_else(node: Node, monkeypatch: pyt
     results = node.ingest.store_uploads(uploads)
     assert [r.status for r in results] == ["stored", "failed", "stored"]
     assert _rows(node)["instances"] == 2 and len(_files(node)) == 2
-    assert not list(node.files.tmp_dir.iterdir())
+    assert not list(node.files.tmp_dir.rglob("upload-*"))
 
 
 def test_failed_commit_leaves_no_file_and_no_row(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,7 +78,7 @@ def test_failed_commit_leaves_no_file_and_no_row(node: Node, monkeypatch: pytest
     assert all(r.status == "failed" and r.failure_reason == 0xA700 for r in results)
     assert _rows(node) == {"patients": 0, "studies": 0, "series": 0, "instances": 0}
     assert _files(node) == []
-    assert not list(node.files.tmp_dir.iterdir())
+    assert not list(node.files.tmp_dir.rglob("upload-*"))
 
 
 def test_delete_keeps_counts_and_modalities_right(node: Node) -> None:
@@ -152,7 +153,8 @@ def test_kill_during_upload_loses_nothing_acknowledged(tmp_path: Path) -> None:
         _wait_healthy(url, process)
         health = requests.get(url + "/health", timeout=5).json()
         assert health["counts"]["instances"] == 5
-        assert not list((tmp_path / "tmp").iterdir()), "leftover uploads are cleaned at start"
+        assert not list((tmp_path / "tmp").rglob("upload-*")), "leftover uploads are cleaned at start"
+        assert len(list((tmp_path / "tmp").iterdir())) == 1, "only the running server's session remains"
         stored_files = [p for p in (tmp_path / "instances").rglob("*") if p.is_file()]
         assert len(stored_files) == 5
         for data in acknowledged:
@@ -230,3 +232,17 @@ def test_migration_backfills_existing_rows(tmp_path: Path) -> None:
         backfilled = connection.execute(text("SELECT qido_json FROM study WHERE pk = 1")).scalar()
     assert backfilled == study_qido_members(attributes) == '"00100020":{"vr":"LO","Value":["P9"]}'
     engine.dispose()
+
+
+def test_cleanup_spares_live_processes_uploads(tmp_path: Path) -> None:
+    """A second process starting on the same data dir must not delete uploads the first is writing."""
+    first = Node.open(make_settings(tmp_path))
+    upload = first.files.new_upload()
+    upload.write(b"in flight")
+    second = Node.open(make_settings(tmp_path))
+    try:
+        assert upload.path.exists()
+    finally:
+        first.close()
+        second.close()
+    assert not list((tmp_path / "tmp").iterdir()), "closed cleanly: nothing left behind"

@@ -68,7 +68,7 @@ def test_partial_success_is_202_with_reasons(server: RunningServer) -> None:
     assert "not a DICOM" in failures[1][1]
     assert "SOPInstanceUID" in failures[2][1]
     assert _count(server) == 1
-    assert not list(server.node.files.tmp_dir.iterdir()), "no temporary file may be left behind"
+    assert not list(server.node.files.tmp_dir.rglob("upload-*")), "no temporary file may be left behind"
 
 
 def test_study_uid_mismatch(server: RunningServer) -> None:
@@ -142,7 +142,7 @@ def test_interrupted_upload_leaves_nothing(server: RunningServer) -> None:
             connection.recv(100)
     # waitress never hands an incomplete body to the application, so nothing of it may be stored.
     assert _count(server) in (0, 1)
-    assert not list(server.node.files.tmp_dir.iterdir())
+    assert not list(server.node.files.tmp_dir.rglob("upload-*"))
     stored = list(server.node.files.root.rglob("*.dcm"))
     assert len(stored) == _count(server)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -76,18 +78,44 @@ class FileStore:
         self.fsync = fsync
         root.mkdir(parents=True, exist_ok=True)
         tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Uploads in progress live in a directory of this process, locked while it runs: other processes
+        # (workers, `gateway import` beside `gateway serve`) can then tell a crash's leftovers from live work.
+        self.session_dir = tmp_dir / f"session-{os.getpid()}-{secrets.token_hex(4)}"
+        self.session_dir.mkdir()
+        self._lock_fd: int | None = os.open(self.session_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def close(self) -> None:
+        if self._lock_fd is None:
+            return
+        shutil.rmtree(self.session_dir, ignore_errors=True)
+        os.close(self._lock_fd)
+        self._lock_fd = None
 
     def clean_tmp(self) -> int:
-        """Remove uploads left behind by a crash (none of them was acknowledged)."""
+        """Remove uploads left behind by processes that died (none of them was acknowledged)."""
         removed = 0
-        for leftover in self.tmp_dir.glob("upload-*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-                removed += 1
+        for session in self.tmp_dir.glob("session-*"):
+            if session == self.session_dir:
+                continue
+            try:
+                fd = os.open(session / ".lock", os.O_RDWR)
+            except OSError:
+                fd = None  # no lock file: a session that died while being set up
+            try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its process is alive
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            removed += sum(1 for p in session.iterdir() if p.name.startswith("upload-"))
+            shutil.rmtree(session, ignore_errors=True)
         return removed
 
     def new_upload(self) -> SpooledUpload:
-        return SpooledUpload(self.tmp_dir)
+        return SpooledUpload(self.session_dir)
 
     def upload_from_bytes(self, data: bytes) -> tuple[Path, str]:
         upload = self.new_upload()
