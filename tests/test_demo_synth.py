@@ -13,8 +13,15 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import config as pydicom_config
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, SegmentationStorage
 
+from gateway.demo.segmentations import (
+    iter_demo_segmentations,
+    lesion_masks,
+    lesion_tracking_uid,
+    segmentation_series_uid,
+    series_has_segmentation,
+)
 from gateway.demo.synth import (
     DemoLesion,
     DemoPatient,
@@ -36,6 +43,14 @@ REQUIRED = (
     "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices", "SliceLocation",
     "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
     "PhotometricInterpretation", "SamplesPerPixel", "SpecificCharacterSet", "PixelData",
+)
+SEG_REQUIRED = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+    "ReferringPhysicianName", "StudyID", "InstitutionName", "Manufacturer", "ManufacturerModelName",
+    "SeriesDescription", "SeriesNumber", "BodyPartExamined", "Modality", "InstanceNumber", "ContentLabel",
+    "SegmentSequence", "ReferencedSeriesSequence", "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence", "NumberOfFrames", "Rows", "Columns", "PixelData",
 )
 BODY_PARTS = {"CHEST", "ABDOMEN", "PELVIS", "BREAST", "HEAD", "NECK", "HEADNECK", "CHESTABDOMEN",
               "ABDOMENPELVIS", "PROSTATE"}
@@ -193,6 +208,7 @@ def test_written_files_equal_pydicom_encoding(demo_files: list[Path]) -> None:
 
 def test_every_file_is_valid_part10_with_required_attributes(demo_files: list[Path]) -> None:
     modalities = set()
+    segmentations = 0
     for path in demo_files:
         raw = path.read_bytes()
         assert raw[128:132] == b"DICM"
@@ -201,6 +217,13 @@ def test_every_file_is_valid_part10_with_required_attributes(demo_files: list[Pa
         assert dataset.file_meta.MediaStorageSOPClassUID == dataset.SOPClassUID
         assert dataset.file_meta.MediaStorageSOPInstanceUID == dataset.SOPInstanceUID
         assert dataset.file_meta.ImplementationClassUID
+        if dataset.Modality == "SEG":
+            for keyword in SEG_REQUIRED:
+                assert keyword in dataset, f"{path}: {keyword} missing"
+            assert dataset.SOPClassUID == SegmentationStorage and dataset.SegmentationType == "BINARY"
+            assert dataset.BitsAllocated == 1 and path.parent.name.endswith("_SEG")
+            segmentations += 1
+            continue
         for keyword in REQUIRED:
             assert keyword in dataset, f"{path}: {keyword} missing"
         assert dataset.SpecificCharacterSet in ("ISO_IR 100", "ISO_IR 192")
@@ -215,6 +238,7 @@ def test_every_file_is_valid_part10_with_required_attributes(demo_files: list[Pa
             assert dataset.PixelRepresentation == 1 and float(dataset.RescaleIntercept) == -1024
             assert float(dataset.RescaleSlope) == 1 and "WindowCenter" in dataset
     assert modalities == {"CT", "MR"}
+    assert segmentations > 0
 
 
 def test_pet_and_its_ct_are_quantitative_and_aligned(lung_series: dict[str, list[pydicom.Dataset]]) -> None:
@@ -289,6 +313,8 @@ def test_geometry_is_consistent(demo_series: dict[str, list[pydicom.Dataset]],
                                 lung_series: dict[str, list[pydicom.Dataset]]) -> None:
     for images in [*demo_series.values(), *lung_series.values()]:
         first = images[0]
+        if first.Modality == "SEG":
+            continue
         orientation = np.array(first.ImageOrientationPatient, dtype=float)
         assert np.allclose(orientation, [1, 0, 0, 0, 1, 0])
         normal = np.cross(orientation[:3], orientation[3:])
@@ -402,3 +428,60 @@ def test_series_ground_truth_matches_study(demo_series: dict[str, list[pydicom.D
                 assert images[0].PatientID == patient.patient_id
                 assert images[0].IssuerOfPatientID == patient.issuer
                 assert set(series.lesions) <= set(study.lesions)
+
+
+# --- Lesion segmentations ----------------------------------------------------------------------------
+
+def test_segmentations_follow_their_series_and_match_the_ground_truth(
+        lung_patient: DemoPatient, lung_series: dict[str, list[pydicom.Dataset]]) -> None:
+    order = list(lung_series)
+    checked = 0
+    for study in lung_patient.studies:
+        for series in study.series:
+            if not series.lesions:
+                continue
+            seg_uid = segmentation_series_uid(series)
+            assert order.index(seg_uid) == order.index(series.series_instance_uid) + 1, "SEG after its series"
+            (seg,) = lung_series[seg_uid]
+            assert seg.Modality == "SEG" and seg.FrameOfReferenceUID == study.frame_of_reference_uid
+            assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid
+            assert str(seg.SeriesDate) == series.series_date and str(seg.SeriesTime) >= series.series_time
+            expected = lesion_masks(series)
+            frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns).astype(bool)
+            index_of = {uid: i for i, uid in enumerate(series.sop_instance_uids)}
+            decoded = np.zeros_like(expected)
+            for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+                source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+                # A single segment is identified once, in the shared functional groups.
+                identification = item.get("SegmentIdentificationSequence") or \
+                    seg.SharedFunctionalGroupsSequence[0].SegmentIdentificationSequence
+                segment = int(identification[0].ReferencedSegmentNumber)
+                decoded[index_of[source], :, :, segment - 1] = frame
+            kept = [i for i in range(len(series.lesions)) if expected[..., i].any()]
+            assert np.array_equal(decoded[..., :len(kept)], expected[..., kept])
+            for segment, index in zip(seg.SegmentSequence, kept, strict=True):
+                lesion = series.lesions[index]
+                assert segment.SegmentLabel.startswith(lesion.lesion_id + " ")
+                assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
+                primary = lesion.kind == "primary tumour"
+                assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == (
+                    "372087000" if primary else "14799000")
+                assert segment.SegmentAlgorithmType == "SEMIAUTOMATIC" and segment.TrackingID == lesion.lesion_id
+                # The same lesion keeps its tracking UID from study to study.
+                assert segment.TrackingUID == lesion_tracking_uid(lung_patient.patient_id, lesion)
+            checked += 1
+    assert checked >= 2
+
+
+def test_segmentations_alone_equal_those_after_their_series(
+        lung_patient: DemoPatient, lung_series: dict[str, list[pydicom.Dataset]]) -> None:
+    first = next(iter_demo_segmentations([lung_patient]))
+    (expected,) = lung_series[first.SeriesInstanceUID]
+    buffer, expected_buffer = io.BytesIO(), io.BytesIO()
+    first.save_as(buffer, enforce_file_format=True)
+    expected.save_as(expected_buffer, enforce_file_format=True)
+    # The file meta differ (highdicom's own vs the demo's); the data sets must not.
+    assert pydicom.dcmread(io.BytesIO(buffer.getvalue())) == pydicom.dcmread(io.BytesIO(expected_buffer.getvalue()))
+    with_segmentation = {segmentation_series_uid(series) for study in lung_patient.studies for series in study.series
+                         if series_has_segmentation(series)}
+    assert with_segmentation == {uid for uid, images in lung_series.items() if images[0].Modality == "SEG"}

@@ -173,7 +173,7 @@ def demo_instances() -> list[tuple[str, bytes]]:
         buffer = io.BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)
         instances.append((str(dataset.Modality), buffer.getvalue()))
-    assert {modality for modality, _ in instances} == {"CT", "MR", "PT"}
+    assert {modality for modality, _ in instances} == {"CT", "MR", "PT", "SEG"}
     return instances
 
 

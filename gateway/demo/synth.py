@@ -3,7 +3,8 @@
 `plan_demo` draws patients (names, MRNs, a cancer with its ICD-10/ICD-O-3 codes and TNM), their CT, MR and
 PET/CT studies over 2015-2025, the series and the lesions, without touching a pixel. `iter_demo_instances`
 renders each series from the analytical phantom (`gateway.demo.phantom`) and yields Part-10-ready pydicom
-datasets; `write_demo_files` writes them. Everything is a pure function of the seed: UIDs come from
+datasets, each series with lesions followed by their DICOM-SEG (`gateway.demo.segmentations`);
+`write_demo_files` writes them. Everything is a pure function of the seed: UIDs come from
 `generate_uid(entropy_srcs=...)`, dates are drawn, nothing reads the clock, so a seed always gives
 byte-identical files.
 """
@@ -71,6 +72,7 @@ from gateway.demo.phantom import (
     render,
     window_from_percentiles,
 )
+from gateway.demo.segmentations import build_lesion_segmentation
 
 __all__ = [
     "DemoAnatomy",
@@ -793,17 +795,46 @@ def _clone(element: pydicom.DataElement) -> pydicom.DataElement:
     return duplicate
 
 
+def _image_file_dataset(series: DemoSeries, header: Dataset, image: Dataset) -> FileDataset:
+    dataset = Dataset()
+    for element in header:
+        dataset.add(_clone(element))
+    for element in image:
+        dataset.add(element)
+    return FileDataset("", dataset, file_meta=_file_meta(series, image.SOPInstanceUID), preamble=b"\0" * 128)
+
+
+def _segmentation_file_dataset(series: DemoSeries, sources: list[FileDataset]) -> FileDataset | None:
+    """The DICOM-SEG of the series' lesions as a Part-10-ready dataset (None: no lesion voxel)."""
+    segmentation = build_lesion_segmentation(series, sources)
+    if segmentation is None:
+        return None
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = segmentation.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = segmentation.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return FileDataset("", segmentation, file_meta=meta, preamble=b"\0" * 128)
+
+
 def iter_demo_instances(plan: list[DemoPatient]) -> Iterator[pydicom.FileDataset]:
-    """Render and yield every image of the plan, series by series, as Part-10-ready datasets."""
+    """Render and yield every image of the plan, series by series, as Part-10-ready datasets.
+
+    A series that shows lesions is followed by its DICOM-SEG (`gateway.demo.segmentations`), one instance in
+    a series of its own.
+    """
     for _, series, header, images in _iter_series(plan):
+        sources = []
         for image in images:
-            dataset = Dataset()
-            for element in header:
-                dataset.add(_clone(element))
-            for element in image:
-                dataset.add(element)
-            meta = _file_meta(series, image.SOPInstanceUID)
-            yield FileDataset("", dataset, file_meta=meta, preamble=b"\0" * 128)
+            dataset = _image_file_dataset(series, header, image)
+            if series.lesions:
+                sources.append(dataset)
+            yield dataset
+        if sources:
+            segmentation = _segmentation_file_dataset(series, sources)
+            if segmentation is not None:
+                yield segmentation
 
 
 def _encode(element: pydicom.DataElement, encodings: str | list[str]) -> bytes:
@@ -817,9 +848,9 @@ def _encode(element: pydicom.DataElement, encodings: str | list[str]) -> bytes:
 def write_demo_files(out_dir: Path, seed: int = 0, patients: int = 8) -> list[Path]:
     """Write the demo data set as .dcm files under out_dir/<PatientID>/<date>_<accession>/<series>/.
 
-    The files are exactly what `iter_demo_instances(...)[i].save_as(path, enforce_file_format=True)` writes;
-    the attributes shared by a series are encoded once instead of once per image, which is most of the
-    cost of writing with pydicom.
+    The files are exactly what `iter_demo_instances(...)[i].save_as(path, enforce_file_format=True)` writes,
+    the lesion segmentations included (folder <number>_SEG); the attributes shared by a series are encoded
+    once instead of once per image, which is most of the cost of writing with pydicom.
     """
     out_dir = Path(out_dir)
     plan = plan_demo(seed, patients)
@@ -848,6 +879,15 @@ def write_demo_files(out_dir: Path, seed: int = 0, patients: int = 8) -> list[Pa
                 handle.write(b"\0" * 128 + b"DICM" + group_length + meta_bytes)
                 handle.write(b"".join(elements[tag] for tag in sorted(elements)))
             paths.append(path)
+        if series.lesions:
+            sources = [_image_file_dataset(series, header, image) for image in images]
+            segmentation = _segmentation_file_dataset(series, sources)
+            if segmentation is not None:
+                seg_folder = folder.with_name(f"{int(segmentation.SeriesNumber):03d}_SEG")
+                seg_folder.mkdir(exist_ok=True)
+                path = seg_folder / f"{int(segmentation.InstanceNumber):04d}.dcm"
+                segmentation.save_as(path, enforce_file_format=True)
+                paths.append(path)
     return paths
 
 
