@@ -32,6 +32,11 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="worker threads per process (default 16)")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes (default 1: one process; more use gunicorn's pre-fork model)")
+    parser.add_argument("--dimse-port", type=int, default=None,
+                        help="also serve DICOM over DIMSE (C-ECHO/STORE/FIND/MOVE/GET) on this port (default: off)")
+    parser.add_argument("--ae-title", default=None, help="this node's DIMSE AE title (default GATEWAY)")
+    parser.add_argument("--peer", action="append", default=None, metavar="NAME=AETITLE@HOST:PORT",
+                        help="a known DICOM node, the only kind of C-MOVE destination; repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", parents=[_common("./data")], help="run the HTTP server")
+    serve = commands.add_parser("serve", parents=[_common("./data")],
+                                help="run the HTTP server (and the DIMSE service provider with --dimse-port)")
     _server_options(serve)
 
     demo = commands.add_parser("demo", parents=[_common("./demo-data")],
@@ -62,7 +68,8 @@ def _settings(args: argparse.Namespace, default_data_dir: str) -> Settings:
     overrides: dict[str, Any] = {
         "data_dir": args.data_dir, "database_url": args.database_url, "log_level": args.log_level,
         "host": getattr(args, "host", None), "port": getattr(args, "port", None),
-        "threads": getattr(args, "threads", None),
+        "threads": getattr(args, "threads", None), "dimse_port": getattr(args, "dimse_port", None),
+        "ae_title": getattr(args, "ae_title", None), "peers": getattr(args, "peer", None),
     }
     return load_settings(args.config, overrides, defaults={"data_dir": default_data_dir})
 
@@ -115,23 +122,38 @@ def _ingest_stream(node: Any, items: Iterable[tuple[str, bytes]], description: s
 
 
 def _serve(node: Any, workers: int = 1) -> None:
+    settings = node.settings
     if workers > 1:
+        from gateway.dimse import start_dimse_process, stop_dimse_process
         from gateway.web.server import run_workers
 
         node.close()
-        run_workers(node.settings, workers)
+        # DIMSE gets a process of its own: the gunicorn master forks workers and must not run listener threads.
+        dimse_process = start_dimse_process(settings) if settings.dimse_port is not None else None
+        try:
+            run_workers(settings, workers)
+        finally:
+            if dimse_process is not None:
+                stop_dimse_process(dimse_process)
         return
     from gateway.web.app import create_app
     from gateway.web.server import create_server
 
-    settings = node.settings
     server = create_server(create_app(node=node), settings)
-    log.info("gateway %s serving %s on http://%s:%d/ (DICOMweb at /dicomweb)", __version__, settings.data_dir,
+    log.info("gateway %s serving %s on http://%s:%s/ (DICOMweb at /dicomweb)", __version__, settings.data_dir,
              settings.host, server.effective_port)
+    dimse = None
+    if settings.dimse_port is not None:
+        from gateway.dimse import DimseServer
+
+        dimse = DimseServer(node)
     try:
         server.run()
     except KeyboardInterrupt:
         log.info("stopped")
+    finally:
+        if dimse is not None:
+            dimse.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

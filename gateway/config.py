@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,46 @@ ENV_PREFIX = "GATEWAY_"
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message names the offending key."""
+
+
+# In a DIMSE allow-list: any calling AE title, and the AE titles of the configured peers.
+ANY_AE = "*"
+PEERS_AE = "@peers"
+
+# PS3.5 6.2: up to 16 characters of the default repertoire, no backslash, no control characters.
+_AE_TITLE = re.compile(r"^[\x20-\x5B\x5D-\x7E]{1,16}$")
+
+
+def check_ae_title(value: str, what: str = "AE title") -> str:
+    """The AE title without padding, or ConfigError saying why it cannot be one."""
+    title = value.strip()
+    if not title or not _AE_TITLE.match(title):
+        raise ConfigError(f"{what}: {value!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+    return title
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A DICOM node this gateway knows: a C-MOVE destination and a member of the "@peers" allow-lists."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """Parse ``NAME=AETITLE@HOST:PORT`` (an IPv6 host in brackets: ``PACS=PACS@[fd00::1]:104``)."""
+        name, equals, rest = text.partition("=")
+        ae_title, at, address = rest.rpartition("@")
+        host, colon, port_text = address.rpartition(":")
+        host = host.strip().removeprefix("[").removesuffix("]")
+        if not (equals and at and colon and name.strip() and host and port_text.strip().isdigit()):
+            raise ConfigError(f"peer {text!r}: expected NAME=AETITLE@HOST:PORT")
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ConfigError(f"peer {text!r}: {port} is not a TCP port")
+        return cls(name.strip(), check_ae_title(ae_title, f"peer {text!r}"), host, port)
 
 
 @dataclass
@@ -40,6 +81,22 @@ class Settings:
     public_base_url: str | None = None
     # Browser origins (e.g. an OHIF viewer at https://viewer.hospital.example) allowed to call the API; "*" any.
     cors_origins: list[str] = field(default_factory=list)
+    # The DIMSE service provider (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET) listens here; None leaves it off.
+    dimse_port: int | None = None
+    ae_title: str = "GATEWAY"
+    # Known DICOM nodes, NAME=AETITLE@HOST:PORT: the only C-MOVE destinations, and who "@peers" stands for.
+    peers: list[str] = field(default_factory=list)
+    # Calling AE titles allowed each DIMSE service ("*" anyone, "@peers" the peers' AE titles). Like most
+    # archives: anyone may echo and store (modalities push without being registered), but only known nodes
+    # may query and retrieve identified data. A calling AE allowed none of them is refused the association.
+    dimse_allow_echo: list[str] = field(default_factory=lambda: [ANY_AE])
+    dimse_allow_store: list[str] = field(default_factory=lambda: [ANY_AE])
+    dimse_allow_query: list[str] = field(default_factory=lambda: [PEERS_AE])
+    dimse_allow_retrieve: list[str] = field(default_factory=lambda: [PEERS_AE])
+
+    @property
+    def dimse_peers(self) -> list[Peer]:
+        return [Peer.parse(text) for text in self.peers]
 
     @property
     def storage_dir(self) -> Path:
@@ -67,6 +124,8 @@ def _coerce(name: str, value: Any) -> Any:
             return Path(value).expanduser()
         if kind == "int":
             return int(value)
+        if kind == "int | None":
+            return None if value in (None, "") else int(value)
         if kind == "list[str]":
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
@@ -78,17 +137,41 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"setting {name!r}: cannot use {value!r} ({exc})") from exc
 
 
+# Keys whose name inside a table differs from the setting's name (`[dimse] port` is not the HTTP port).
+_TABLE_KEY_NAMES = {
+    ("database", "url"): "database_url",
+    ("dimse", "port"): "dimse_port",
+    ("dimse", "allow_echo"): "dimse_allow_echo",
+    ("dimse", "allow_store"): "dimse_allow_store",
+    ("dimse", "allow_query"): "dimse_allow_query",
+    ("dimse", "allow_retrieve"): "dimse_allow_retrieve",
+}
+
+
 def _flatten_toml(doc: dict[str, Any]) -> dict[str, Any]:
     """Accept both top-level keys and the `[gateway]`/`[server]`/`[storage]` tables a site file may use."""
     flat: dict[str, Any] = {}
     for key, value in doc.items():
         if isinstance(value, dict) and key in ("gateway", "server", "storage", "database", "auth", "dicomweb",
-                                               "cors"):
+                                               "cors", "dimse"):
             for sub_key, sub_value in value.items():
-                flat[sub_key if key != "database" or sub_key != "url" else "database_url"] = sub_value
+                flat[_TABLE_KEY_NAMES.get((key, sub_key), sub_key)] = sub_value
         else:
             flat[key] = value
     return flat
+
+
+def _check_dimse(settings: Settings) -> None:
+    if settings.dimse_port is not None and not 0 < settings.dimse_port < 65536:
+        raise ConfigError(f"setting 'dimse_port': {settings.dimse_port} is not a TCP port")
+    settings.ae_title = check_ae_title(settings.ae_title, "setting 'ae_title'")
+    names = [peer.name for peer in settings.dimse_peers]
+    if len(set(names)) != len(names):
+        raise ConfigError("setting 'peers': two peers have the same name")
+    for name in ("dimse_allow_echo", "dimse_allow_store", "dimse_allow_query", "dimse_allow_retrieve"):
+        entries = getattr(settings, name)
+        setattr(settings, name, [entry if entry in (ANY_AE, PEERS_AE) else check_ae_title(entry, f"setting {name!r}")
+                                 for entry in entries])
 
 
 def load_settings(config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -124,5 +207,6 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
         raise ConfigError(f"setting 'port': {settings.port} is not a TCP port")
     if settings.max_upload_bytes <= 0:
         raise ConfigError("setting 'max_upload_bytes' must be positive")
+    _check_dimse(settings)
     settings.data_dir = settings.data_dir.resolve()
     return settings

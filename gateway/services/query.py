@@ -3,6 +3,9 @@
 A query is parsed into typed match conditions first (so malformed values are refused before the database
 is touched), then compiled to one SQL statement over the denormalised index. Results are built from the
 precomputed attribute JSON of each level, so the cost of an answer does not grow with what it computes.
+
+Searches run at the study, series and instance levels (QIDO-RS and C-FIND) and at the patient level, which
+only C-FIND's Patient Root model asks for: it matches the ``patient`` table.
 """
 
 from __future__ import annotations
@@ -12,11 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Engine, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select
 from sqlalchemy.sql import Select
 
 from gateway.dicom import levels
-from gateway.dicom.levels import Level
 from gateway.dicom.normalise import (
     fuzzy_query_words,
     normalise_date,
@@ -25,8 +27,10 @@ from gateway.dicom.normalise import (
 )
 from gateway.dicom.tags import UnknownAttribute, describe, parse_attribute_path, tag_hex
 from gateway.dicom.uids import is_valid_uid
-from gateway.store.models import Instance, Series, Study, StudyModality
+from gateway.store.models import Instance, Patient, Series, Study, StudyModality
 
+# The levels of the information model a search can run at; QIDO-RS uses the last three.
+SearchLevel = Literal["patient", "study", "series", "instance"]
 MatchKind = Literal["uid", "string", "pn", "date", "time", "int", "modalities"]
 
 
@@ -36,7 +40,7 @@ class InvalidQuery(ValueError):
 
 @dataclass(frozen=True)
 class MatchKey:
-    level: Level
+    level: SearchLevel
     column: Any
     kind: MatchKind
     fuzzy_column: Any = None
@@ -73,12 +77,42 @@ MATCH_KEYS: dict[int, MatchKey] = {
     _kw("InstanceNumber"): MatchKey("instance", Instance.instance_number, "int"),
 }
 
-LEVEL_ORDER: dict[Level, int] = {"study": 0, "series": 1, "instance": 2}
+# At the patient level the same attributes are matched against the patient table (one row per patient).
+PATIENT_MATCH_KEYS: dict[int, MatchKey] = {
+    _kw("PatientID"): MatchKey("patient", Patient.patient_id, "string"),
+    _kw("IssuerOfPatientID"): MatchKey("patient", Patient.issuer, "string"),
+    _kw("PatientName"): MatchKey("patient", Patient.patient_name_match, "pn"),
+    _kw("PatientBirthDate"): MatchKey("patient", Patient.patient_birth_date, "date"),
+    _kw("PatientSex"): MatchKey("patient", Patient.patient_sex, "string"),
+}
+
+LEVEL_ORDER: dict[SearchLevel, int] = {"patient": -1, "study": 0, "series": 1, "instance": 2}
+
+NUMBER_OF_PATIENT_RELATED_STUDIES = _kw("NumberOfPatientRelatedStudies")
+NUMBER_OF_PATIENT_RELATED_SERIES = _kw("NumberOfPatientRelatedSeries")
+NUMBER_OF_PATIENT_RELATED_INSTANCES = _kw("NumberOfPatientRelatedInstances")
+
+# Attributes of the Patient module (PS3.3 C.7.1.1) and the clinical trial subject: what a patient-level
+# answer may carry. They are read from the patient's first study, the one its patient row was made from.
+PATIENT_LEVEL = frozenset(_kw(keyword) for keyword in (
+    "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID", "IssuerOfPatientIDQualifiersSequence",
+    "PatientBirthDate", "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "OtherPatientNames",
+    "PatientBirthName", "PatientMotherBirthName", "EthnicGroup", "PatientComments", "PatientSpeciesDescription",
+    "PatientBreedDescription", "ResponsiblePerson", "ResponsibleOrganization", "PatientIdentityRemoved",
+    "DeidentificationMethod", "DeidentificationMethodCodeSequence", "ClinicalTrialSponsorName",
+    "ClinicalTrialProtocolID", "ClinicalTrialProtocolName", "ClinicalTrialSiteID", "ClinicalTrialSiteName",
+    "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
+)) | levels.COMMON
+PATIENT_DEFAULTS = frozenset({
+    levels.SPECIFIC_CHARACTER_SET, _kw("PatientName"), _kw("PatientID"), _kw("IssuerOfPatientID"),
+    _kw("PatientBirthDate"), _kw("PatientSex"), NUMBER_OF_PATIENT_RELATED_STUDIES,
+    NUMBER_OF_PATIENT_RELATED_SERIES, NUMBER_OF_PATIENT_RELATED_INSTANCES,
+})
 
 
 @dataclass
 class Query:
-    level: Level
+    level: SearchLevel
     conditions: list[ColumnElement[bool]] = field(default_factory=list)
     # Attributes the answer must carry: defaults, matching keys, includefield; None means "all".
     return_tags: set[int] | None = field(default_factory=set)
@@ -124,9 +158,10 @@ def _range_condition(column: Any, value: str, normalise: Any, name: str) -> Colu
     return column == normalised
 
 
-def match_condition(tag: int, value: str, fuzzy: bool = False) -> ColumnElement[bool] | None:
+def match_condition(tag: int, value: str, fuzzy: bool = False,
+                    keys: Mapping[int, MatchKey] = MATCH_KEYS) -> ColumnElement[bool] | None:
     """SQL condition for one matching key; None for universal matching (empty value or '*')."""
-    key = MATCH_KEYS[tag]
+    key = keys[tag]
     name = describe(tag)
     value = value.strip()
     if value in ("", "*"):
@@ -172,8 +207,12 @@ def match_condition(tag: int, value: str, fuzzy: bool = False) -> ColumnElement[
 CONTROL_PARAMETERS = {"includefield", "fuzzymatching", "limit", "offset"}
 
 
-def parse_query(level: Level, params: Iterable[tuple[str, str]], *, max_results: int) -> Query:
-    """Parse QIDO-RS query parameters (already percent-decoded) for a search at ``level``."""
+def parse_query(level: SearchLevel, params: Iterable[tuple[str, str]], *, max_results: int) -> Query:
+    """Parse QIDO-RS query parameters (already percent-decoded) for a search at ``level``.
+
+    C-FIND identifiers arrive in the same form (attribute=value pairs, return keys as includefield), so both
+    protocols share this parser and the matcher behind it.
+    """
     query = Query(level=level, limit=max_results)
     pairs = list(params)
     fuzzy = False
@@ -182,8 +221,9 @@ def parse_query(level: Level, params: Iterable[tuple[str, str]], *, max_results:
             if value.lower() not in ("true", "false"):
                 raise InvalidQuery(f"fuzzymatching: {value!r} must be true or false")
             fuzzy = value.lower() == "true"
-    defaults = {"study": levels.STUDY_DEFAULTS, "series": levels.SERIES_DEFAULTS,
+    defaults = {"patient": PATIENT_DEFAULTS, "study": levels.STUDY_DEFAULTS, "series": levels.SERIES_DEFAULTS,
                 "instance": levels.INSTANCE_DEFAULTS}
+    match_keys = PATIENT_MATCH_KEYS if level == "patient" else MATCH_KEYS
     return_tags: set[int] = set(defaults[level])
     include_all = False
     for name, value in pairs:
@@ -218,12 +258,12 @@ def parse_query(level: Level, params: Iterable[tuple[str, str]], *, max_results:
                 raise InvalidQuery(f"unknown query parameter {name!r}: {exc}") from exc
             tag = int(path[0])
             return_tags.add(tag)
-            key = MATCH_KEYS.get(tag) if len(path) == 1 else None
+            key = match_keys.get(tag) if len(path) == 1 else None
             if key is None or LEVEL_ORDER[key.level] > LEVEL_ORDER[level]:
                 query.warnings.append(f"matching on {describe(tag)} is not supported at the {level} level; "
                                       "the key was returned but not matched")
                 continue
-            condition = match_condition(tag, value, fuzzy)
+            condition = match_condition(tag, value, fuzzy, match_keys)
             if condition is not None:
                 query.conditions.append(condition)
     query.return_tags = None if include_all else return_tags
@@ -232,8 +272,22 @@ def parse_query(level: Level, params: Iterable[tuple[str, str]], *, max_results:
 
 # -- running a query -------------------------------------------------------------------------------------
 
+def _patient_statement() -> Select[Any]:
+    related = select(Study.attributes_json).where(Study.patient_pk == Patient.pk)
+    first_study_json = related.order_by(Study.pk).limit(1).correlate(Patient).scalar_subquery()
+    num_series = (select(func.coalesce(func.sum(Study.num_series), 0)).where(Study.patient_pk == Patient.pk)
+                  .correlate(Patient).scalar_subquery())
+    num_instances = (select(func.coalesce(func.sum(Study.num_instances), 0)).where(Study.patient_pk == Patient.pk)
+                     .correlate(Patient).scalar_subquery())
+    return (select(Patient.pk, Patient.num_studies, first_study_json.label("study_json"),
+                   num_series.label("num_series"), num_instances.label("num_instances"))
+            .where(Patient.num_studies > 0).order_by(Patient.pk))
+
+
 def _statement(query: Query, study_uid: str | None, series_uid: str | None) -> Select[Any]:
-    if query.level == "study":
+    if query.level == "patient":
+        statement = _patient_statement()
+    elif query.level == "study":
         statement = select(Study.pk, Study.study_instance_uid, Study.attributes_json, Study.modalities,
                            Study.num_series, Study.num_instances, Study.qido_json).order_by(Study.pk)
     elif query.level == "series":
@@ -363,13 +417,24 @@ class QueryService:
     def search(self, query: Query, *, base_url: str, study_uid: str | None = None,
                series_uid: str | None = None) -> QueryResult:
         rows, truncated = self._rows(query, study_uid, series_uid)
-        builder = {"study": self._study_match, "series": self._series_match,
+        builder = {"patient": self._patient_match, "study": self._study_match, "series": self._series_match,
                    "instance": self._instance_match}[query.level]
         # Parent-level attributes are added when the search spans parents (all series, all instances).
         include_study = query.level != "study" and study_uid is None
         include_series = query.level == "instance" and series_uid is None
         matches = [builder(row, query.return_tags, base_url, include_study, include_series) for row in rows]
         return QueryResult(matches, truncated, query.warnings)
+
+    def _patient_match(self, row: Any, wanted: set[int] | None, _base_url: str, *_: bool) -> dict[str, Any]:
+        # No RetrieveURL: DICOMweb has no patient resource to point at.
+        out: dict[str, Any] = {}
+        _pick(json.loads(row.study_json or "{}"), PATIENT_LEVEL if wanted is None else wanted & PATIENT_LEVEL, out)
+        for tag, count in ((NUMBER_OF_PATIENT_RELATED_STUDIES, row.num_studies),
+                           (NUMBER_OF_PATIENT_RELATED_SERIES, row.num_series),
+                           (NUMBER_OF_PATIENT_RELATED_INSTANCES, row.num_instances)):
+            if wanted is None or tag in wanted:
+                out[tag_hex(tag)] = _element("IS", [int(count)])
+        return dict(sorted(out.items()))
 
     def _study_match(self, row: Any, wanted: set[int] | None, base_url: str, *_: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}

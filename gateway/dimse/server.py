@@ -1,0 +1,139 @@
+"""The DIMSE service provider: a pynetdicom application entity serving a Node.
+
+In the single-process ``gateway serve`` it runs as threads beside the HTTP server; with ``--workers N`` the
+gunicorn master starts it as a dedicated process (``python -m gateway.dimse``), because forking workers from a
+process that runs listener threads could copy a lock another thread holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from types import TracebackType
+
+from pydicom import uid
+from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from gateway import __version__
+from gateway.config import Settings
+from gateway.dimse.handlers import (
+    FIND_MODELS,
+    GET_MODELS,
+    IMPLEMENTATION_CLASS_UID,
+    MOVE_MODELS,
+    DimseHandlers,
+)
+from gateway.node import Node
+
+log = logging.getLogger(__name__)
+
+# Instances are stored in the transfer syntax they arrive in; the order is the preference when a peer offers
+# several in one presentation context (explicit VR keeps the VRs of private attributes).
+STORAGE_TRANSFER_SYNTAXES = [
+    uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian, uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless, uid.JPEGLSNearLossless, uid.JPEG2000Lossless, uid.JPEG2000, uid.JPEG2000MCLossless,
+    uid.JPEG2000MC, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K, uid.RLELossless, uid.MPEG2MPML,
+    uid.MPEG2MPMLF, uid.MPEG2MPHL, uid.MPEG2MPHLF, uid.MPEG4HP41, uid.MPEG4HP41F, uid.MPEG4HP41BD,
+    uid.MPEG4HP41BDF, uid.MPEG4HP422D, uid.MPEG4HP422DF, uid.MPEG4HP423D, uid.MPEG4HP423DF, uid.MPEG4HP42STEREO,
+    uid.MPEG4HP42STEREOF, uid.HEVCMP51, uid.HEVCM10P51,
+]
+COMMAND_TRANSFER_SYNTAXES = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian,
+                             uid.DeflatedExplicitVRLittleEndian, uid.ExplicitVRBigEndian]
+# pynetdicom's default of 10 concurrent associations is too few for a department's modalities.
+MAX_ASSOCIATIONS = 64
+# Larger PDUs mean fewer, cheaper-to-parse fragments per instance.
+MAX_PDU_SIZE = 256 * 1024
+
+
+def build_application_entity(settings: Settings, handlers: DimseHandlers) -> AE:
+    ae = AE(ae_title=settings.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = f"EUCAIM_GW_{__version__}"[:16]
+    ae.require_called_aet = True
+    known = handlers.policy.known_calling_aes
+    if known is not None and not known:
+        log.warning("no calling AE title may use any DIMSE service; check the dimse_allow_* and peers settings")
+    ae.require_calling_aet = known or []
+    ae.maximum_associations = MAX_ASSOCIATIONS
+    ae.maximum_pdu_size = MAX_PDU_SIZE
+    ae.add_supported_context(Verification, COMMAND_TRANSFER_SYNTAXES)
+    for context in AllStoragePresentationContexts:
+        # Both roles: a C-GET retriever proposes to act as the storage SCP on its own association.
+        ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for sop_class in (*FIND_MODELS, *MOVE_MODELS, *GET_MODELS):
+        ae.add_supported_context(sop_class, COMMAND_TRANSFER_SYNTAXES)
+    return ae
+
+
+class DimseServer:
+    """The listener and its association threads; ``close`` stops both."""
+
+    def __init__(self, node: Node, host: str | None = None, port: int | None = None) -> None:
+        settings = node.settings
+        self.host = host or settings.host
+        port = settings.dimse_port if port is None else port
+        if port is None:
+            raise ValueError("no DIMSE port configured (dimse_port)")
+        self.handlers = DimseHandlers(node)
+        self.ae = build_application_entity(settings, self.handlers)
+        pynetdicom_log = logging.getLogger("pynetdicom")
+        if pynetdicom_log.level == logging.NOTSET:
+            # Its INFO lines describe every message; the audit log already records what matters.
+            pynetdicom_log.setLevel(logging.WARNING)
+        self._server: ThreadedAssociationServer | None = self.ae.start_server(
+            (self.host, port), block=False, evt_handlers=self.handlers.bindings())
+        log.info("DIMSE service provider %s listening on %s:%d", settings.ae_title, self.host, self.port)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        """Stop listening and abort the associations still established."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        for association in self.ae.active_associations:
+            # One being rejected or released is closing already; aborting it too upsets pynetdicom's state machine.
+            if association.is_established:
+                association.abort()
+
+    def __enter__(self) -> DimseServer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+def start_dimse_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """Run the DIMSE service provider in a process of its own, for the multi-worker HTTP mode.
+
+    The settings travel on its standard input rather than the command line or environment, where other
+    local users could read a database password.
+    """
+    values = {name: str(value) if isinstance(value, Path) else value for name, value in asdict(settings).items()}
+    process = subprocess.Popen([sys.executable, "-m", "gateway.dimse"], stdin=subprocess.PIPE)
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(values).encode())
+    process.stdin.close()
+    return process
+
+
+def stop_dimse_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
