@@ -99,7 +99,7 @@ def _ingest_stream(node: Any, items: Iterable[tuple[str, bytes]], description: s
     from tqdm import tqdm
 
     counts = {"stored": 0, "duplicate": 0, "failed": 0}
-    group: list[tuple[str, tuple[Path, str]]] = []
+    group: list[tuple[str, Path]] = []
 
     def flush() -> None:
         results = node.ingest.store_uploads([upload for _, upload in group])

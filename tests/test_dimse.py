@@ -290,9 +290,6 @@ def test_storescu_folder_stores_what_stow_would_keep(dimse: RunningDimse, tmp_pa
     assert _spooled_uploads(dimse.node) == []
 
 
-@pytest.mark.xfail(strict=True, reason="IngestService refuses deflated files for STOW-RS and C-STORE alike: its "
-                                       "truncation check compares offsets in the inflated data set with the size "
-                                       "of the deflated file")
 def test_deflated_instance_is_stored(dimse: RunningDimse) -> None:
     result = dimse.run("storescu", "-xd", files=(str(CORPUS / "image_dfl.dcm"),))
     assert result.returncode == 0, result.stderr
@@ -317,6 +314,18 @@ def test_storing_twice_is_idempotent_and_a_conflict_is_refused(dimse: RunningDim
     refused = dimse.run("storescu", "-v", files=(str(conflicting),))
     assert refused.returncode != 0 and "0x111" in refused.stderr  # Duplicate SOP Instance: different content
     assert dimse.instance_count() == 1 and stored_path.read_bytes() == stored_bytes
+
+
+def test_same_instance_by_stow_then_c_store_is_a_duplicate(dimse: RunningDimse, tmp_path: Path) -> None:
+    """Identity is the data set, not the File Meta Information each sender writes differently."""
+    dataset = make_dataset(seed=8)
+    data = to_bytes(dataset)
+    assert dimse.node.ingest.store_bytes(data).status == "stored"  # the STOW-RS path, with its File Meta
+    path = tmp_path / "same.dcm"
+    path.write_bytes(data)
+    again = dimse.run("storescu", files=(str(path),))  # dcmtk rebuilds the File Meta Information
+    assert again.returncode == 0, again.stderr
+    assert dimse.instance_count() == 1
 
 
 class _CuttingProxy:

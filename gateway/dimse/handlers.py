@@ -285,7 +285,7 @@ class DimseHandlers:
                                        event.context.transfer_syntax))
             with request.DataSet.getbuffer() as received:  # the data set exactly as it came over the wire
                 upload.write(received)
-            sha256 = upload.finish()
+            path = upload.finish()
         except OSError as exc:
             upload.discard()
             log.error("cannot spool a received instance: %s", exc)
@@ -293,7 +293,7 @@ class DimseHandlers:
         except BaseException:
             upload.discard()
             raise
-        result = self.node.ingest.store_uploads([(upload.path, sha256)])[0]
+        result = self.node.ingest.store_uploads([path])[0]
         if not result.ok:
             log.info("C-STORE of %s from %s refused: %s", request.AffectedSOPInstanceUID, calling_ae,
                      result.message)

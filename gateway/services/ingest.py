@@ -7,6 +7,7 @@ outcome of each instance is reported separately; one bad instance never affects 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -34,11 +35,13 @@ from gateway.dicom.status import (
 from gateway.dicom.tags import tag_hex
 from gateway.dicom.uids import InvalidUID, validate_uid
 from gateway.store.db import write_session
-from gateway.store.files import FileStore, file_sha256
+from gateway.store.files import FileStore
 from gateway.store.index_writer import GroupIndexWriter, IndexRecord
 from gateway.store.models import Instance, Patient, Series, Study, StudyModality, utcnow
 
 log = logging.getLogger(__name__)
+
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 
 # Values larger than this are left on disk while parsing; pixel data is never needed to index an instance.
 DEFER_SIZE = 64 * 1024
@@ -87,6 +90,9 @@ class ParsedInstance:
     fields: IndexFields
     transfer_syntax_uid: str
     metadata: dict[str, Any]
+    # Identity of the object: the data set's bytes, not the File Meta Information, which differs by sender
+    # (STOW-RS client, C-STORE peer) for the very same instance.
+    content_sha256: str
 
     @property
     def sop_class_uid(self) -> str:
@@ -159,9 +165,12 @@ def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
     except Exception as exc:
         raise InstanceRejected(CANNOT_UNDERSTAND, f"cannot parse the DICOM file: {exc}") from exc
-    _check_not_truncated(dataset, file_size)
     meta = getattr(dataset, "file_meta", None)
     transfer_syntax = str(getattr(meta, "TransferSyntaxUID", "") or "").strip("\x00 ") if meta else ""
+    if transfer_syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        # A deflated data set is inflated whole while reading (a cut-off one fails there); the offsets
+        # pydicom reports are in the inflated bytes, so comparing them with the file size means nothing.
+        _check_not_truncated(dataset, file_size)
     if not transfer_syntax:
         raise InstanceRejected(CANNOT_UNDERSTAND,
                                "the File Meta Information has no TransferSyntaxUID (0002,0010)")
@@ -181,7 +190,19 @@ def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
             validate_uid(raw, keyword)
         except InvalidUID as exc:
             raise InstanceRejected(CANNOT_UNDERSTAND, str(exc)) from exc
-    return ParsedInstance(index_fields(metadata), transfer_syntax, metadata)
+    return ParsedInstance(index_fields(metadata), transfer_syntax, metadata, _data_set_digest(path, meta))
+
+
+def _data_set_digest(path: Path, meta: Any) -> str:
+    """SHA-256 of the bytes after the File Meta Information (the whole file if its length is unknown)."""
+    group_length = getattr(meta, "FileMetaInformationGroupLength", None) if meta is not None else None
+    start = 132 + 12 + int(group_length) if isinstance(group_length, int) else 0
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class IngestService:
@@ -195,15 +216,13 @@ class IngestService:
     # -- storing -------------------------------------------------------------------------------------------
 
     def store_bytes(self, data: bytes, expected_study_uid: str | None = None) -> StoreResult:
-        path, sha256 = self.files.upload_from_bytes(data)
-        return self.store_upload(path, sha256, expected_study_uid)
+        return self.store_upload(self.files.upload_from_bytes(data), expected_study_uid)
 
-    def store_upload(self, path: Path, sha256: str, expected_study_uid: str | None = None) -> StoreResult:
+    def store_upload(self, path: Path, expected_study_uid: str | None = None) -> StoreResult:
         """Store one finished upload (a PS3.10 file in the tmp dir). The upload is consumed either way."""
-        return self.store_uploads([(path, sha256)], expected_study_uid)[0]
+        return self.store_uploads([path], expected_study_uid)[0]
 
-    def store_uploads(self, uploads: list[tuple[Path, str]],
-                      expected_study_uid: str | None = None) -> list[StoreResult]:
+    def store_uploads(self, uploads: list[Path], expected_study_uid: str | None = None) -> list[StoreResult]:
         """Store finished uploads as one group; each gets its own result and one failure spoils no other.
 
         Durability is bought once per group rather than once per instance (the fsyncs dominate the cost of a
@@ -211,20 +230,19 @@ class IngestService:
         place them, and a single index commit follows. Nothing is reported stored before that commit.
         """
         results: list[StoreResult | None] = [None] * len(uploads)
-        candidates: list[tuple[int, ParsedInstance, Path, str]] = []
+        candidates: list[tuple[int, ParsedInstance, Path]] = []
         try:
-            for index, (path, sha256) in enumerate(uploads):
+            for index, path in enumerate(uploads):
                 parsed: ParsedInstance | None = None
                 try:
-                    if add_missing_preamble(path):
-                        sha256 = file_sha256(path)
+                    add_missing_preamble(path)
                     parsed = parse_instance(path, self.bulk_threshold)
                     if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
                         raise InstanceRejected(
                             STUDY_UID_MISMATCH,
                             f"StudyInstanceUID {parsed.study_instance_uid} does not match the study in the URL "
                             f"({expected_study_uid})", conflict=True)
-                    candidates.append((index, parsed, path, sha256))
+                    candidates.append((index, parsed, path))
                 except InstanceRejected as exc:
                     results[index] = self._failure(exc, parsed)
                 except Exception as exc:
@@ -234,7 +252,7 @@ class IngestService:
             if candidates:
                 self._index_group(candidates, results)
         finally:
-            for path, _ in uploads:
+            for path in uploads:
                 path.unlink(missing_ok=True)
         final = [r if r is not None else StoreResult("failed", failure_reason=PROCESSING_FAILURE,
                                                      message="not processed") for r in results]
@@ -262,25 +280,25 @@ class IngestService:
                 except Exception:
                     log.exception("stored-instance listener failed")
 
-    def _index_group(self, candidates: list[tuple[int, ParsedInstance, Path, str]],
+    def _index_group(self, candidates: list[tuple[int, ParsedInstance, Path]],
                      results: list[StoreResult | None]) -> None:
         try:
-            self.files.make_durable([path for _, _, path, _ in candidates])
+            self.files.make_durable([path for _, _, path in candidates])
         except OSError as exc:
-            for index, parsed, _, _ in candidates:
+            for index, parsed, _ in candidates:
                 results[index] = self._failure(InstanceRejected(OUT_OF_RESOURCES, f"storage error: {exc}"), parsed)
             return
-        lock_keys = tuple(sorted({parsed.study_instance_uid for _, parsed, _, _ in candidates}))
+        lock_keys = tuple(sorted({parsed.study_instance_uid for _, parsed, _ in candidates}))
         # First all instance rows in one statement; only if that meets a conflict that the up-front checks
         # could not see (a concurrent writer in another process), the group is redone instance by instance.
         for isolate in (False, True):
             placed: list[str] = []
             try:
                 with write_session(self.engine, lock_keys=lock_keys) as session:
-                    writer = GroupIndexWriter(session, (parsed.fields for _, parsed, _, _ in candidates),
+                    writer = GroupIndexWriter(session, (parsed.fields for _, parsed, _ in candidates),
                                               isolate=isolate)
-                    for index, parsed, path, sha256 in candidates:
-                        results[index] = self._index_one(writer, parsed, path, sha256, placed)
+                    for index, parsed, path in candidates:
+                        results[index] = self._index_one(writer, parsed, path, placed)
                     writer.finish()
                     if placed:
                         self.files.make_durable([self.files.absolute(relative) for relative in placed],
@@ -297,15 +315,15 @@ class IngestService:
                 for relative in placed:
                     self.files.remove(relative)
                 reason = OUT_OF_RESOURCES if isinstance(exc, OSError) else PROCESSING_FAILURE
-                for index, parsed, _, _ in candidates:
+                for index, parsed, _ in candidates:
                     results[index] = self._failure(InstanceRejected(reason, f"not stored: {exc}"), parsed)
                 return
 
-    def _index_one(self, writer: GroupIndexWriter, parsed: ParsedInstance, upload: Path, sha256: str,
+    def _index_one(self, writer: GroupIndexWriter, parsed: ParsedInstance, upload: Path,
                    placed: list[str]) -> StoreResult:
         stored_sha256 = writer.stored_sha256(parsed.sop_instance_uid)
         if stored_sha256 is not None:
-            if stored_sha256 == sha256:
+            if stored_sha256 == parsed.content_sha256:
                 return StoreResult("duplicate", parsed.sop_class_uid, parsed.sop_instance_uid,
                                    parsed.study_instance_uid, parsed.series_instance_uid,
                                    message="an identical instance is already stored")
@@ -315,13 +333,13 @@ class IngestService:
                 "delete the stored instance first to replace it", conflict=True), parsed)
         relative = self.files.relative_path(parsed.study_instance_uid, parsed.series_instance_uid,
                                             parsed.sop_instance_uid)
-        newly_placed = self.files.place(upload, relative, sha256)
+        newly_placed = self.files.place(upload, relative)
         if newly_placed:
             placed.append(relative)
         try:
             writer.add(IndexRecord(parsed.fields, parsed.metadata, dumps(parsed.metadata),
                                    parsed.transfer_syntax_uid, relative,
-                                   os.stat(self.files.absolute(relative)).st_size, sha256))
+                                   os.stat(self.files.absolute(relative)).st_size, parsed.content_sha256))
         except (InstanceRejected, IntegrityError) as exc:
             if not writer.isolate:
                 # Without a savepoint its partial rows cannot be taken back alone: redo the group isolated.

@@ -143,7 +143,7 @@ class RetrieveService:
         dataset = dcmread(self.path(instance))
         try:
             if instance.is_encapsulated:
-                dataset.decompress()
+                dataset.decompress(generate_instance_uid=False)
             elif instance.transfer_syntax_uid == BIG_ENDIAN and "PixelData" in dataset:
                 pixels = dataset.pixel_array
                 dataset.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()

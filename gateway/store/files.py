@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import filecmp
 import hashlib
 import os
 import secrets
@@ -45,24 +46,22 @@ _syncfs = _load_syncfs()
 
 
 class SpooledUpload:
-    """A part of an upload being written to a temporary file, hashing as it goes."""
+    """A part of an upload being written to a temporary file."""
 
     def __init__(self, tmp_dir: Path) -> None:
         fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=tmp_dir)
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> None:
         self._file.write(data)
-        self._hash.update(data)
         self.size += len(data)
 
-    def finish(self) -> str:
-        """Close the file and return the SHA-256 of the content (FileStore.make_durable syncs it)."""
+    def finish(self) -> Path:
+        """Close the file (FileStore.make_durable syncs it) and return its path."""
         self._file.close()
-        return self._hash.hexdigest()
+        return self.path
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -117,11 +116,11 @@ class FileStore:
     def new_upload(self) -> SpooledUpload:
         return SpooledUpload(self.session_dir)
 
-    def upload_from_bytes(self, data: bytes) -> tuple[Path, str]:
+    def upload_from_bytes(self, data: bytes) -> Path:
         upload = self.new_upload()
         try:
             upload.write(data)
-            return upload.path, upload.finish()
+            return upload.finish()
         except BaseException:
             upload.discard()
             raise
@@ -141,7 +140,7 @@ class FileStore:
             raise ValueError(f"stored path {relative!r} escapes the storage root")
         return self.root / relative
 
-    def place(self, upload_path: Path, relative: str, sha256: str) -> bool:
+    def place(self, upload_path: Path, relative: str) -> bool:
         """Link a finished upload into place (the upload itself stays until the caller removes it).
 
         Returns False when an identical file was already there. A file at the destination with other content
@@ -153,7 +152,7 @@ class FileStore:
         try:
             os.link(upload_path, target)
         except FileExistsError:
-            if file_sha256(target) == sha256:
+            if filecmp.cmp(target, upload_path, shallow=False):
                 return False
             staged = target.with_name(target.name + ".staged")
             staged.unlink(missing_ok=True)
@@ -203,10 +202,3 @@ class FileStore:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -34,13 +34,13 @@ class _StoreBatcher:
     def __init__(self, expected_study: str | None) -> None:
         self.expected_study = expected_study
         self.results: list[StoreResult | None] = []
-        self.pending: list[tuple[int, Path, str]] = []
+        self.pending: list[tuple[int, Path]] = []
         self.pending_bytes = 0
 
     def add_upload(self, upload: SpooledUpload) -> None:
-        sha256 = upload.finish()
+        path = upload.finish()
         self.results.append(None)
-        self.pending.append((len(self.results) - 1, upload.path, sha256))
+        self.pending.append((len(self.results) - 1, path))
         self.pending_bytes += upload.size
         if len(self.pending) >= GROUP_INSTANCES or self.pending_bytes >= GROUP_BYTES:
             self.flush()
@@ -51,13 +51,13 @@ class _StoreBatcher:
     def flush(self) -> None:
         if not self.pending:
             return
-        stored = node().ingest.store_uploads([(path, sha) for _, path, sha in self.pending], self.expected_study)
-        for (slot, _, _), result in zip(self.pending, stored, strict=True):
+        stored = node().ingest.store_uploads([path for _, path in self.pending], self.expected_study)
+        for (slot, _), result in zip(self.pending, stored, strict=True):
             self.results[slot] = result
         self.pending, self.pending_bytes = [], 0
 
     def discard_pending(self) -> None:
-        for _, path, _ in self.pending:
+        for _, path in self.pending:
             path.unlink(missing_ok=True)
 
 
