@@ -198,16 +198,22 @@ def _missing_series_only(node: Any, plan: Any) -> Any:
 
     from sqlalchemy import select
 
+    from gateway.demo.segmentations import segmentation_series_uid, series_has_segmentation
     from gateway.store.models import Series
 
     with node.engine.connect() as connection:
         stored = dict(connection.execute(select(Series.series_instance_uid, Series.num_instances)).all())
+
+    def complete(series: Any) -> bool:
+        images_stored = stored.get(series.series_instance_uid) == len(series.sop_instance_uids)
+        return images_stored and (not series_has_segmentation(series)
+                                  or segmentation_series_uid(series) in stored)
+
     patients = []
     for patient in plan:
         studies = []
         for study in patient.studies:
-            missing = tuple(series for series in study.series
-                            if stored.get(series.series_instance_uid) != len(series.sop_instance_uids))
+            missing = tuple(series for series in study.series if not complete(series))
             if missing:
                 studies.append(dataclasses.replace(study, series=missing))
         if studies:
@@ -231,8 +237,10 @@ def _ingest_demo(node: Any, plan: Any) -> None:
             dataset.save_as(buffer, enforce_file_format=True)
             yield str(dataset.SOPInstanceUID), buffer.getvalue()
 
-    total = sum(len(series.sop_instance_uids) for patient in plan for study in patient.studies
-                for series in study.series)
+    from gateway.demo.segmentations import series_has_segmentation
+
+    total = sum(len(series.sop_instance_uids) + series_has_segmentation(series) for patient in plan
+                for study in patient.studies for series in study.series)
     counts = _ingest_stream(node, encoded(), "demo data set", total)
     log.info("demo data set: %d stored, %d already present, %d failed", counts["stored"], counts["duplicate"],
              counts["failed"])
