@@ -246,3 +246,10 @@ def test_cleanup_spares_live_processes_uploads(tmp_path: Path) -> None:
         first.close()
         second.close()
     assert not list((tmp_path / "tmp").iterdir()), "closed cleanly: nothing left behind"
+
+
+def test_deploy_example_configuration_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "deploy" / "gateway.toml.example"
+    settings = load_settings(example, environ={})
+    assert settings.port == 8042 and settings.dimse_port == 11112 and settings.database_url
+    assert str(settings.data_dir) == "/var/lib/gateway"
