@@ -11,6 +11,10 @@ case "${1:-start}" in
       rm -rf "$PGDATA"; mkdir -p "$PGDATA"; chown postgres:postgres "$PGDATA"
       su postgres -c "$BIN/initdb -D $PGDATA -A trust -U postgres --no-sync" > /dev/null
     fi
+    if su postgres -c "$BIN/pg_ctl -D $PGDATA status" > /dev/null 2>&1; then
+      echo "postgresql://postgres@127.0.0.1:$PGPORT/postgres"   # already running (an earlier run's server)
+      exit 0
+    fi
     su postgres -c "$BIN/pg_ctl -D $PGDATA -l $PGDATA/server.log -w -o '-c listen_addresses=127.0.0.1 -p $PGPORT -c fsync=off -c unix_socket_directories=/tmp -c max_connections=300' start" > /dev/null
     echo "postgresql://postgres@127.0.0.1:$PGPORT/postgres"
     ;;
