@@ -226,8 +226,9 @@ class IngestService:
         """Store finished uploads as one group; each gets its own result and one failure spoils no other.
 
         Durability is bought once per group rather than once per instance (the fsyncs dominate the cost of a
-        small instance): one file-system sync makes every upload's content durable, one more the renames that
-        place them, and a single index commit follows. Nothing is reported stored before that commit.
+        small instance): the files are linked into place, one file-system sync makes their content and their
+        directory entries durable, and a single index commit follows. Nothing is reported stored before that
+        commit; a crash before it leaves only files without index rows, which a later store replaces.
         """
         results: list[StoreResult | None] = [None] * len(uploads)
         candidates: list[tuple[int, ParsedInstance, Path]] = []
@@ -282,12 +283,6 @@ class IngestService:
 
     def _index_group(self, candidates: list[tuple[int, ParsedInstance, Path]],
                      results: list[StoreResult | None]) -> None:
-        try:
-            self.files.make_durable([path for _, _, path in candidates])
-        except OSError as exc:
-            for index, parsed, _ in candidates:
-                results[index] = self._failure(InstanceRejected(OUT_OF_RESOURCES, f"storage error: {exc}"), parsed)
-            return
         lock_keys = tuple(sorted({parsed.study_instance_uid for _, parsed, _ in candidates}))
         # First all instance rows in one statement; only if that meets a conflict that the up-front checks
         # could not see (a concurrent writer in another process), the group is redone instance by instance.
