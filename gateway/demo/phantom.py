@@ -11,6 +11,7 @@ series costs a few hundred milliseconds. Coordinates are millimetres in the DICO
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -124,14 +125,15 @@ class Ellipse:
     angle: float = 0.0
 
 
-class Shape:
+class Shape(ABC):
     """A 3-D region given by its axial cross-sections."""
 
     z_min: float
     z_max: float
 
+    @abstractmethod
     def sections(self, z: float) -> Sequence[Ellipse]:
-        raise NotImplementedError
+        """The cross-sections of the shape in the axial plane at height ``z`` (mm)."""
 
     def sections_at(self, zs: Sequence[float]) -> list[Sequence[Ellipse]]:
         """Cross-sections for many planes at once (a volume's slices)."""
