@@ -28,8 +28,8 @@ def _tags(*keywords: str) -> frozenset[int]:
 SPECIFIC_CHARACTER_SET = 0x00080005
 TIMEZONE_OFFSET = 0x00080201
 
-STUDY_LEVEL = _tags(
-    # Patient module
+# Patient module (PS3.3 C.7.1.1) and the clinical trial subject: also what a patient-level answer carries.
+PATIENT_LEVEL = _tags(
     "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID", "IssuerOfPatientIDQualifiersSequence",
     "PatientBirthDate", "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "OtherPatientNames",
     "PatientBirthName", "PatientMotherBirthName", "EthnicGroup", "PatientComments", "PatientSpeciesDescription",
@@ -37,6 +37,9 @@ STUDY_LEVEL = _tags(
     "DeidentificationMethod", "DeidentificationMethodCodeSequence", "ClinicalTrialSponsorName",
     "ClinicalTrialProtocolID", "ClinicalTrialProtocolName", "ClinicalTrialSiteID", "ClinicalTrialSiteName",
     "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
+)
+
+STUDY_LEVEL = PATIENT_LEVEL | _tags(
     # General Study and Patient Study modules
     "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
     "IssuerOfAccessionNumberSequence", "StudyDescription", "PhysiciansOfRecord", "NameOfPhysiciansReadingStudy",

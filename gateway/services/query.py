@@ -93,17 +93,8 @@ NUMBER_OF_PATIENT_RELATED_STUDIES = _kw("NumberOfPatientRelatedStudies")
 NUMBER_OF_PATIENT_RELATED_SERIES = _kw("NumberOfPatientRelatedSeries")
 NUMBER_OF_PATIENT_RELATED_INSTANCES = _kw("NumberOfPatientRelatedInstances")
 
-# Attributes of the Patient module (PS3.3 C.7.1.1) and the clinical trial subject: what a patient-level
-# answer may carry. They are read from the patient's first study, the one its patient row was made from.
-PATIENT_LEVEL = frozenset(_kw(keyword) for keyword in (
-    "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID", "IssuerOfPatientIDQualifiersSequence",
-    "PatientBirthDate", "PatientBirthTime", "PatientSex", "OtherPatientIDsSequence", "OtherPatientNames",
-    "PatientBirthName", "PatientMotherBirthName", "EthnicGroup", "PatientComments", "PatientSpeciesDescription",
-    "PatientBreedDescription", "ResponsiblePerson", "ResponsibleOrganization", "PatientIdentityRemoved",
-    "DeidentificationMethod", "DeidentificationMethodCodeSequence", "ClinicalTrialSponsorName",
-    "ClinicalTrialProtocolID", "ClinicalTrialProtocolName", "ClinicalTrialSiteID", "ClinicalTrialSiteName",
-    "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
-)) | levels.COMMON
+# What a patient-level answer may carry, read from the patient's first study (the one its row was made from).
+PATIENT_LEVEL = levels.PATIENT_LEVEL | levels.COMMON
 PATIENT_DEFAULTS = frozenset({
     levels.SPECIFIC_CHARACTER_SET, _kw("PatientName"), _kw("PatientID"), _kw("IssuerOfPatientID"),
     _kw("PatientBirthDate"), _kw("PatientSex"), NUMBER_OF_PATIENT_RELATED_STUDIES,

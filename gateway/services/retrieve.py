@@ -50,10 +50,6 @@ class NotAcceptable(ValueError):
     """The instance cannot be delivered in the representation asked for."""
 
 
-class BadRequest(ValueError):
-    pass
-
-
 @dataclass(frozen=True)
 class StoredInstance:
     pk: int

@@ -74,8 +74,8 @@ def write_session(engine: Engine, lock_keys: tuple[str, ...] = ()) -> Iterator[S
     """A transaction that will write: serialised with other writers of the same keys.
 
     SQLite takes the database write lock up front; PostgreSQL takes transaction-scoped advisory locks on
-    ``lock_keys`` (e.g. a Study Instance UID) so concurrent stores into one study across processes are
-    ordered. Callers name keys in a fixed order (study before patient) so two writers cannot deadlock.
+    ``lock_keys`` (Study Instance UIDs) so concurrent stores into one study across processes are ordered.
+    Callers pass the keys sorted, so two writers locking overlapping sets cannot deadlock.
     """
     connection = engine.connect()
     if is_sqlite(engine):

@@ -10,7 +10,6 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from gateway.services.retrieve import (
     COMPRESSED_MEDIA_TYPES,
-    BadRequest,
     NotAcceptable,
     NotFound,
     StoredInstance,
@@ -228,7 +227,7 @@ def _render(target: StoredInstance, frame: int | None, default_viewport: tuple[i
         data = node().retrieve.render(target, frame=frame, media_type=media_type, **parameters)  # type: ignore[arg-type]
     except NotFound as exc:
         raise Problem(404, str(exc)) from exc
-    except (NotAcceptable, BadRequest) as exc:
+    except NotAcceptable as exc:
         raise Problem(406, str(exc)) from exc
     return Response(data, mimetype=media_type)
 
