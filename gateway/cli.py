@@ -61,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", parents=[_common("./data")], help="database maintenance")
     db.add_argument("action", choices=["upgrade", "current"], help="apply migrations / show the revision")
+
+    jobs = commands.add_parser("jobs", parents=[_common("./data")],
+                               help="long-running jobs (pulls, extractions, exports): list, show, cancel, resume")
+    jobs.add_argument("action", choices=["list", "show", "cancel", "resume"])
+    jobs.add_argument("job_id", nargs="?", help="the job (show, cancel, resume)")
+    jobs.add_argument("--kind", default=None, help="list: only jobs of this kind")
+    jobs.add_argument("--state", default=None, help="list: only jobs in this state (queued, running, completed, "
+                                                     "failed, cancelled, interrupted)")
+    jobs.add_argument("--json", action="store_true", help="print JSON")
+    jobs.set_defaults(run=_jobs_command)
+
+    from gateway.plugins import call_hook
+
+    call_hook("register_commands", commands, _common)
     return parser
 
 
@@ -139,7 +153,8 @@ def _serve(node: Any, workers: int = 1) -> None:
     from gateway.web.app import create_app
     from gateway.web.server import create_server
 
-    server = create_server(create_app(node=node), settings)
+    app = create_app(node=node)
+    server = create_server(app, settings)
     log.info("gateway %s serving %s on http://%s:%s/ (DICOMweb at /dicomweb)", __version__, settings.data_dir,
              settings.host, server.effective_port)
     dimse = None
@@ -152,6 +167,7 @@ def _serve(node: Any, workers: int = 1) -> None:
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
+        app.extensions["gateway.jobs"].close()
         if dimse is not None:
             dimse.close()
 
@@ -175,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     node = Node.open(settings)
     try:
+        if getattr(args, "run", None) is not None:
+            return int(args.run(node, args))
         if args.command == "import":
             counts = ingest_files(node, _iter_files(args.paths))
             print(f"stored {counts['stored']}, already present {counts['duplicate']}, failed {counts['failed']}")
@@ -190,6 +208,87 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         node.close()
+
+
+def run_job(node: Any, kind: str, params: dict[str, Any], description: str, unit: str = "instance") -> int:
+    """Create a job and run it here with a progress bar; the same job the API would run. Exit status 0/1."""
+
+
+    from gateway.services.jobs import JobError
+
+    try:
+        job = node.jobs.create(node, kind, params)
+    except JobError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    print(f"job {job['id']} ({kind})", file=sys.stderr)
+    return _follow_job(node, job["id"], description, unit)
+
+
+def _follow_job(node: Any, job_id: str, description: str, unit: str) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from gateway.services.jobs import COMPLETED
+
+    with tqdm(desc=description, unit=unit, disable=None) as progress:
+        def on_progress(done: int, total: int | None, message: str) -> None:
+            if total is not None and progress.total != total:
+                progress.total = total
+            progress.n = done
+            if message:
+                progress.set_postfix_str(message[:60], refresh=False)
+            progress.refresh()
+
+        try:
+            final = node.jobs.run(node, job_id, on_progress)
+        except KeyboardInterrupt:
+            node.jobs.fail(job_id, "interrupted from the keyboard", state="interrupted")
+            print(f"\ninterrupted; resume with: gateway jobs resume {job_id}", file=sys.stderr)
+            return 130
+    if final["state"] != COMPLETED:
+        print(f"gateway: job {job_id} {final['state']}: {final['error'] or final['progress']['message']}",
+              file=sys.stderr)
+        print(f"resume with: gateway jobs resume {job_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(final["result"], indent=2))
+    return 0
+
+
+def _jobs_command(node: Any, args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.services.jobs import JobError
+
+    try:
+        if args.action == "list":
+            jobs = node.jobs.list(args.kind, args.state)
+            if args.json:
+                print(json.dumps(jobs, indent=2))
+            for job in [] if args.json else jobs:
+                progress = job["progress"]
+                total = "?" if progress["total"] is None else progress["total"]
+                print(f"{job['id']}  {job['kind']:<20} {job['state']:<11} {progress['done']}/{total}  "
+                      f"{job['created']}  {progress['message'][:50]}")
+            return 0
+        if not args.job_id:
+            print(f"gateway: jobs {args.action} needs a job id", file=sys.stderr)
+            return 2
+        if args.action == "show":
+            print(json.dumps(node.jobs.get(args.job_id), indent=2))
+            return 0
+        if args.action == "cancel":
+            job = node.jobs.request_cancel(args.job_id)
+            note = " (stops at its next check)" if job["state"] == "running" else ""
+            print(f"job {args.job_id}: {job['state']}{note}")
+            return 0
+        node.jobs.recover_orphans()
+        job = node.jobs.make_resumable(args.job_id)
+        return _follow_job(node, args.job_id, job["kind"], "item")
+    except JobError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2 if exc.status != 404 else 1
 
 
 def _missing_series_only(node: Any, plan: Any) -> Any:

@@ -93,6 +93,15 @@ class Settings:
     dimse_allow_store: list[str] = field(default_factory=lambda: [ANY_AE])
     dimse_allow_query: list[str] = field(default_factory=lambda: [PEERS_AE])
     dimse_allow_retrieve: list[str] = field(default_factory=lambda: [PEERS_AE])
+    # The configuration file's other tables ([pacs.NAME], [fhir], [mllp], ...), as read: each plug-in of the
+    # node parses and checks its own table, so the core need not know them.
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any]:
+        value = self.sections.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"configuration: [{name}] must be a table")
+        return value
 
     @property
     def dimse_peers(self) -> list[Peer]:
@@ -114,7 +123,8 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"
 
 
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings) if f.name != "sections"}
+_CORE_TABLES = ("gateway", "server", "storage", "database", "auth", "dicomweb", "cors", "dimse")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -148,17 +158,19 @@ _TABLE_KEY_NAMES = {
 }
 
 
-def _flatten_toml(doc: dict[str, Any]) -> dict[str, Any]:
-    """Accept both top-level keys and the `[gateway]`/`[server]`/`[storage]` tables a site file may use."""
+def _flatten_toml(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Core settings (top-level keys or the `[server]`/`[storage]`/... tables) and the plug-ins' tables."""
     flat: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     for key, value in doc.items():
-        if isinstance(value, dict) and key in ("gateway", "server", "storage", "database", "auth", "dicomweb",
-                                               "cors", "dimse"):
+        if isinstance(value, dict) and key in _CORE_TABLES:
             for sub_key, sub_value in value.items():
                 flat[_TABLE_KEY_NAMES.get((key, sub_key), sub_key)] = sub_value
+        elif isinstance(value, dict):
+            sections[key] = value
         else:
             flat[key] = value
-    return flat
+    return flat, sections
 
 
 def _check_dimse(settings: Settings) -> None:
@@ -179,6 +191,7 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
     """Settings from, in rising precedence: ``defaults`` (per command), the file, the environment, flags."""
     environ = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = dict(defaults or {})
+    sections: dict[str, Any] = {}
     config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
     if config_file:
         path = Path(config_file)
@@ -188,21 +201,21 @@ def load_settings(config_file: str | Path | None = None, overrides: dict[str, An
             raise ConfigError(f"configuration file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
-        for key, value in _flatten_toml(doc).items():
-            if key in _FIELD_TYPES:
-                values[key] = value
-            # Unknown keys belong to other parts of the node (peers, upstream PACS, mappings): kept aside.
+        flat, sections = _flatten_toml(doc)
+        values.update(flat)
     for name in _FIELD_TYPES:
         env_value = environ.get(ENV_PREFIX + name.upper())
         if env_value is not None:
             values[name] = env_value
-    for name, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    sections.update(overrides.pop("sections", None) or {})
+    for name, value in overrides.items():
         if value is not None:
             values[name] = value
     unknown = set(values) - set(_FIELD_TYPES)
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
-    settings = Settings(**{name: _coerce(name, value) for name, value in values.items()})
+    settings = Settings(**{name: _coerce(name, value) for name, value in values.items()}, sections=sections)
     if not 0 < settings.port < 65536:
         raise ConfigError(f"setting 'port': {settings.port} is not a TCP port")
     if settings.max_upload_bytes <= 0:

@@ -7,13 +7,15 @@ its services; none of them opens the database or the file store on its own.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from gateway import __version__
 from gateway.config import Settings
 from gateway.services.ingest import IngestService
+from gateway.services.jobs import JobService
 from gateway.services.query import QueryService
 from gateway.services.retrieve import RetrieveService
 from gateway.store.db import create_db_engine, redact_url, upgrade_database
@@ -31,6 +33,9 @@ class Node:
     ingest: IngestService
     query: QueryService
     retrieve: RetrieveService
+    jobs: JobService
+    # Services of the plug-ins (gateway/plugins.py), by plug-in name.
+    extensions: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings, migrate: bool = True) -> Node:
@@ -43,11 +48,19 @@ class Node:
         leftovers = files.clean_tmp()
         if leftovers:
             log.info("removed %d unfinished uploads left by an earlier stop", leftovers)
-        return cls(settings=settings, engine=engine, files=files,
+        node = cls(settings=settings, engine=engine, files=files,
                    ingest=IngestService(engine, files, settings.bulkdata_threshold),
-                   query=QueryService(engine), retrieve=RetrieveService(engine, files))
+                   query=QueryService(engine), retrieve=RetrieveService(engine, files), jobs=JobService(engine))
+        from gateway.plugins import call_hook
+
+        call_hook("open", node)
+        return node
 
     def close(self) -> None:
+        from gateway.plugins import call_hook
+
+        self.jobs.stopping.set()
+        call_hook("close", self)
         self.engine.dispose()
         self.files.close()
 

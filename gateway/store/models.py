@@ -117,3 +117,32 @@ class Instance(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     metadata_json: str = Field(default="{}", sa_type=Text)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    """A long-running task (a PACS pull, a feature extraction, an export) and its progress.
+
+    The row is the job's only state: any process can report on it, and a job whose process died is found by
+    its owner and resumed (every job kind is idempotent, so resuming means running again).
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_state_created", "state", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    kind: str = Field(max_length=64, index=True)
+    state: str = Field(max_length=16)
+    params_json: str = Field(default="{}", sa_type=Text)
+    result_json: str = Field(default="", sa_type=Text)
+    error: str = Field(default="", sa_type=Text)
+    done: int = 0
+    total: int | None = None
+    message: str = Field(default="", sa_type=Text)
+    # host:pid of the process running it, so a restart can tell a live job from an orphan.
+    owner: str = Field(default="", max_length=128)
+    cancel_requested: bool = False
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None

@@ -6,12 +6,13 @@ from flask import Flask
 
 from gateway.config import Settings
 from gateway.node import Node
-from gateway.web import dicomweb, health
+from gateway.services.jobs import JobRunner
+from gateway.web import dicomweb, health, jobs
 from gateway.web.cors import install_cors
 from gateway.web.problems import install_error_handlers
 
 
-def create_app(settings: Settings | None = None, node: Node | None = None) -> Flask:
+def create_app(settings: Settings | None = None, node: Node | None = None, resume_jobs: bool = True) -> Flask:
     if node is None:
         node = Node.open(settings or Settings())
     app = Flask("gateway")
@@ -22,4 +23,11 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> Fl
     install_cors(app, node.settings.cors_origins)
     app.register_blueprint(health.create_blueprint())
     app.register_blueprint(dicomweb.create_blueprint(), url_prefix="/dicomweb")
+    app.register_blueprint(jobs.create_blueprint(), url_prefix="/api/jobs")
+    app.extensions["gateway.jobs"] = JobRunner(node)
+    from gateway.plugins import call_hook
+
+    call_hook("register_web", app, node)
+    if resume_jobs:
+        app.extensions["gateway.jobs"].resume_pending()
     return app

@@ -29,7 +29,8 @@ def require_admin(view: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         tokens: list[str] = current_app.extensions["gateway.node"].settings.admin_tokens
         if not tokens:
-            raise Problem(403, "deleting is disabled: no site-administrator token is configured (admin_tokens)")
+            raise Problem(403, "this operation is disabled: no site-administrator token is configured "
+                                "(admin_tokens)")
         token = bearer_token()
         if token is None:
             raise Problem(401, "this operation needs the site administrator's bearer token")
