@@ -162,12 +162,17 @@ def _serve(node: Any, workers: int = 1) -> None:
         from gateway.dimse import DimseServer
 
         dimse = DimseServer(node)
+    from gateway.plugins import call_hook
+
+    listeners = [listener for started in call_hook("start_listeners", node) for listener in started or ()]
     try:
         server.run()
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
         app.extensions["gateway.jobs"].close()
+        for listener in listeners:
+            listener.close()
         if dimse is not None:
             dimse.close()
 
@@ -202,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             plan = plan_demo(seed=args.seed, patients=args.patients)
             _ingest_demo(node, plan)
+            from gateway.plugins import call_hook
+
+            call_hook("ingest_demo", node, plan)
             if args.no_serve:
                 return 0
         _serve(node, args.workers)
