@@ -28,8 +28,6 @@ from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
-from scipy.spatial import ConvexHull
-from skimage.measure import marching_cubes
 
 from gateway.compute.backend import resolve_backend
 from gateway.compute.features.base import FeatureValue
@@ -104,6 +102,8 @@ class Mesh:
 
 def roi_mesh(mask: np.ndarray, spacing: Spacing) -> Mesh:
     """Marching-cubes mesh (level 0.5) of the mask, padded so that the surface closes at the array border."""
+    from skimage.measure import marching_cubes
+
     padded = np.pad(mask, 1).astype(np.float32)
     vertices, faces, _, _ = marching_cubes(padded, level=0.5, spacing=spacing, method="lewiner")
     return Mesh(vertices=vertices.astype(np.float64), faces=faces.astype(np.int64))
@@ -130,9 +130,29 @@ def morphological_features(image: Any, morphological_mask: Any, intensity_mask: 
     backend = resolve_backend(backend)
     low, high = bounding_box(morph | intensity)
     box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(low, high, strict=True))
+    require_finite(volume[box][intensity[box]], "the intensities in the region of interest")
+    moran, geary = moran_geary(volume, intensity, spacing, method=moran_method, backend=backend)
+    results, hull_points = morphology_values(volume, morph, intensity, spacing, (moran, geary), backend=backend)
+    features = [FeatureValue(family=FAMILY, name=name, ibsi_code=code, key=key, value=float(value))
+                for (name, code, key), value in zip(FEATURES, results, strict=True)]
+    if include_mvee:
+        mvee = minimum_volume_enclosing_ellipsoid(hull_points)
+        mvee_volume = 4.0 * math.pi * mvee[0] * mvee[1] * mvee[2] / 3.0
+        mesh_vol, area = results[0], results[2]
+        features += [FeatureValue(family=FAMILY, name=name, ibsi_code=code, key=key, value=float(value))
+                     for (name, code, key), value in zip(
+                         MVEE_FEATURES, (mesh_vol / mvee_volume, area / ellipsoid_area(*mvee)), strict=True)]
+    return features
+
+
+def morphology_values(volume: np.ndarray, morph: np.ndarray, intensity: np.ndarray, spacing: Spacing,
+                      moran_geary_values: tuple[float, float], *, backend: str) -> tuple[list[float], np.ndarray]:
+    """The values of FEATURES (Moran's I and Geary's C given) and the convex-hull vertices, for checked input:
+    float64 ``volume``, bool masks of its shape (both non-empty), valid spacing, a resolved backend."""
+    low, high = bounding_box(morph | intensity)
+    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(low, high, strict=True))
     volume, morph, intensity = volume[box], morph[box], intensity[box]
     values = volume[intensity]
-    require_finite(values, "the intensities in the region of interest")
     scale = np.asarray(spacing)
 
     mesh = roi_mesh(morph, spacing)
@@ -147,6 +167,8 @@ def morphological_features(image: Any, morphological_mask: Any, intensity_mask: 
     com_shift = (float(np.linalg.norm(geometric_centre - (values @ intensity_points) / intensity_sum))
                  if intensity_sum != 0 else math.nan)
 
+    from scipy.spatial import ConvexHull
+
     hull = ConvexHull(mesh.vertices)
     hull_points = np.ascontiguousarray(mesh.vertices[hull.vertices])
     diameter = max_pairwise_distance(hull_points, backend=backend)
@@ -156,8 +178,7 @@ def morphological_features(image: Any, morphological_mask: Any, intensity_mask: 
     aabb_area = 2.0 * (extent[0] * extent[1] + extent[1] * extent[2] + extent[0] * extent[2])
     aee_volume = 4.0 * math.pi * major * minor * least / 3.0
     aee_area = ellipsoid_area(major, minor, least)
-
-    moran, geary = moran_geary(volume, intensity, spacing, method=moran_method, backend=backend)
+    moran, geary = moran_geary_values
     results = [
         mesh_vol,
         voxel_count_volume,
@@ -185,15 +206,7 @@ def morphological_features(image: Any, morphological_mask: Any, intensity_mask: 
         moran,
         geary,
     ]
-    features = [FeatureValue(family=FAMILY, name=name, ibsi_code=code, key=key, value=float(value))
-                for (name, code, key), value in zip(FEATURES, results, strict=True)]
-    if include_mvee:
-        mvee = minimum_volume_enclosing_ellipsoid(hull_points)
-        mvee_volume = 4.0 * math.pi * mvee[0] * mvee[1] * mvee[2] / 3.0
-        features += [FeatureValue(family=FAMILY, name=name, ibsi_code=code, key=key, value=float(value))
-                     for (name, code, key), value in zip(
-                         MVEE_FEATURES, (mesh_vol / mvee_volume, area / ellipsoid_area(*mvee)), strict=True)]
-    return features
+    return results, hull_points
 
 
 # --- principal axes and ellipsoids ------------------------------------------------------------------------
@@ -323,9 +336,7 @@ def moran_geary(image: Any, intensity_mask: Any, spacing: Sequence[float], *, me
     low, high = bounding_box(region)
     box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(low, high, strict=True))
     if method == "auto":
-        padded_size = math.prod(_even_fast_length(2 * (hi - lo + 1) - 1) for lo, hi in zip(low, high, strict=True))
-        fft_cost = _FFT_COST_PER_POINT_LOG * padded_size * math.log2(padded_size)
-        method = "pairwise" if n * n / 2 <= fft_cost else "fft"
+        method = cheaper_moran_method(n, tuple(int(hi - lo + 1) for lo, hi in zip(low, high, strict=True)))
     backend = resolve_backend(backend)
     if method == "pairwise":
         positions = np.ascontiguousarray(np.argwhere(region) * np.asarray(spacing))
@@ -338,6 +349,13 @@ def moran_geary(image: Any, intensity_mask: Any, spacing: Sequence[float], *, me
     moran = n / weight_sum * cross_sum / squares
     geary = (n - 1) / (2.0 * weight_sum) * difference_sum / squares
     return float(moran), float(geary)
+
+
+def cheaper_moran_method(n_voxels: int, box_shape: tuple[int, ...]) -> Literal["pairwise", "fft"]:
+    """The method "auto" picks for ``n_voxels`` intensity-mask voxels in a bounding box of ``box_shape``."""
+    padded_size = math.prod(_even_fast_length(2 * size - 1) for size in box_shape)
+    fft_cost = _FFT_COST_PER_POINT_LOG * padded_size * math.log2(padded_size)
+    return "pairwise" if n_voxels * n_voxels / 2 <= fft_cost else "fft"
 
 
 def _pair_sums(positions: np.ndarray, deviations: np.ndarray, backend: str) -> tuple[float, float, float]:

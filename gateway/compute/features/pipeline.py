@@ -105,6 +105,17 @@ def prepare_region(image: Any, mask: Any, spacing: Sequence[float], *,
                               threshold=partial_volume_threshold, window=window, backend=backend)
         spacing = grid.spacing
         require_nonempty(morph, "the region of interest after resampling")
+    return finish_region(cropped, morph, spacing, round_intensities=round_intensities,
+                         resegment_range=resegment_range, outlier_sigma=outlier_sigma, backend=backend)
+
+
+def finish_region(cropped: np.ndarray, morph: np.ndarray, spacing: Spacing, *, round_intensities: bool = False,
+                  resegment_range: IntensityRange | None = None, outlier_sigma: float | None = None,
+                  backend: str | None = None) -> PreparedRegion:
+    """The steps of prepare_region after cropping (and resampling): rounding and re-segmentation.
+
+    ``cropped`` (float64) and ``morph`` (bool) must already be the ROI's box plus the peak-sphere margin.
+    """
     if round_intensities:
         cropped = np.rint(cropped)
 
