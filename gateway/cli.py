@@ -194,7 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade_database(settings.effective_database_url)
         print("database is at the newest schema revision")
         return 0
-    node = Node.open(settings)
+    try:
+        node = Node.open(settings)
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         if getattr(args, "run", None) is not None:
             return int(args.run(node, args))
@@ -240,7 +244,9 @@ def _follow_job(node: Any, job_id: str, description: str, unit: str) -> int:
 
     from gateway.services.jobs import COMPLETED
 
-    with tqdm(desc=description, unit=unit, disable=None) as progress:
+    # Also when not on a terminal (cron, systemd): a line every few seconds shows a long pull is alive.
+    interactive = sys.stderr.isatty()
+    with tqdm(desc=description, unit=unit, mininterval=0.1 if interactive else 5.0, ascii=not interactive) as progress:
         def on_progress(done: int, total: int | None, message: str) -> None:
             if total is not None and progress.total != total:
                 progress.total = total

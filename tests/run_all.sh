@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 need_packages=()
-for pkg in postgresql dcmtk; do
+# Orthanc (with its DICOMweb plugin) plays the hospital PACS in the PACS-client tests; dcmtk the modalities.
+for pkg in postgresql dcmtk orthanc orthanc-dicomweb; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_packages+=("$pkg")
 done
 if [ ${#need_packages[@]} -gt 0 ]; then
@@ -17,6 +18,7 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
   # The packages start system services we do not use; the tests start their own on other ports.
   $SUDO service postgresql stop >/dev/null 2>&1 || true
+  $SUDO service orthanc stop >/dev/null 2>&1 || true
 fi
 
 echo "== installing the gateway with its test extras"

@@ -140,6 +140,31 @@ def _status(code: int, comment: str) -> Dataset:
     return status
 
 
+def store_received(node: Node, event: Event) -> int | Dataset:
+    """Store the instance of a C-STORE request (to our SCP, or within our own C-GET) on the common ingest path."""
+    request = event.request
+    upload = node.files.new_upload()
+    try:
+        upload.write(part10_header(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
+                                   event.context.transfer_syntax))
+        with request.DataSet.getbuffer() as received:  # the data set exactly as it came over the wire
+            upload.write(received)
+        path = upload.finish()
+    except OSError as exc:
+        upload.discard()
+        log.error("cannot spool a received instance: %s", exc)
+        return _status(OUT_OF_RESOURCES, f"storage error: {exc}")
+    except BaseException:
+        upload.discard()
+        raise
+    result = node.ingest.store_uploads([path])[0]
+    if not result.ok:
+        log.info("C-STORE of %s from %s refused: %s", request.AffectedSOPInstanceUID,
+                 event.assoc.requestor.ae_title if event.assoc.is_acceptor else event.assoc.acceptor.ae_title,
+                 result.message)
+    return store_status(result)
+
+
 def _peer_address(assoc: Association) -> str:
     return f"{assoc.requestor.address}:{assoc.requestor.port}"
 
@@ -278,26 +303,7 @@ class DimseHandlers:
         if not self.policy.allows(calling_ae, "store"):
             # Reached only over a storage context a C-GET retriever proposed with both roles.
             return _status(NOT_AUTHORISED, f"{calling_ae} may not store here")
-        request = event.request
-        upload = self.node.files.new_upload()
-        try:
-            upload.write(part10_header(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
-                                       event.context.transfer_syntax))
-            with request.DataSet.getbuffer() as received:  # the data set exactly as it came over the wire
-                upload.write(received)
-            path = upload.finish()
-        except OSError as exc:
-            upload.discard()
-            log.error("cannot spool a received instance: %s", exc)
-            return _status(OUT_OF_RESOURCES, f"storage error: {exc}")
-        except BaseException:
-            upload.discard()
-            raise
-        result = self.node.ingest.store_uploads([path])[0]
-        if not result.ok:
-            log.info("C-STORE of %s from %s refused: %s", request.AffectedSOPInstanceUID, calling_ae,
-                     result.message)
-        return store_status(result)
+        return store_received(self.node, event)
 
     # -- C-FIND --------------------------------------------------------------------------------------------
 
