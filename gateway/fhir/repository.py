@@ -1,0 +1,190 @@
+"""Reading and writing resource rows, their versions and their search-index rows inside one SQL session."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from gateway.fhir.models import (
+    FhirDate,
+    FhirQuantity,
+    FhirReference,
+    FhirResource,
+    FhirResourceVersion,
+    FhirString,
+    FhirToken,
+)
+from gateway.fhir.params import extract, index_time, instant_text, split_reference
+
+INDEX_TABLES = (FhirToken, FhirString, FhirDate, FhirReference, FhirQuantity)
+
+# Every literal reference of a resource is also indexed under this name, whatever element holds it: deleting a
+# referenced resource (409) and merging patients must see all of them, not only the searchable ones.
+ANY_REFERENCE = "_reference"
+
+
+@dataclass
+class Stored:
+    """A resource row as the service hands it around: its JSON (with meta) and version facts."""
+
+    pk: int
+    res_type: str
+    res_id: str
+    version_id: int
+    last_updated: str
+    deleted: bool
+    resource: dict[str, Any] | None
+
+
+def _stored(row: Any) -> Stored:
+    return Stored(row.pk, row.res_type, row.res_id, row.version_id, row.last_updated, row.deleted,
+                  json.loads(row.content) if row.content and not row.deleted else None)
+
+
+def get(session: Session, res_type: str, res_id: str) -> Stored | None:
+    table = FhirResource.__table__  # type: ignore[attr-defined]
+    row = session.execute(select(table).where(table.c.res_type == res_type, table.c.res_id == res_id)).first()
+    return _stored(row) if row is not None else None
+
+
+def get_many(session: Session, pks: list[int]) -> dict[int, Stored]:
+    table = FhirResource.__table__  # type: ignore[attr-defined]
+    found: dict[int, Stored] = {}
+    for start in range(0, len(pks), 500):
+        chunk = pks[start:start + 500]
+        for row in session.execute(select(table).where(table.c.pk.in_(chunk))):
+            found[row.pk] = _stored(row)
+    return found
+
+
+def version(session: Session, pk: int, version_id: int) -> tuple[str, bool, dict[str, Any] | None] | None:
+    table = FhirResourceVersion.__table__  # type: ignore[attr-defined]
+    row = session.execute(select(table).where(table.c.res_pk == pk, table.c.version_id == version_id)).first()
+    if row is None:
+        return None
+    return row.last_updated, row.deleted, (json.loads(row.content) if row.content else None)
+
+
+def versions(session: Session, pk: int) -> list[tuple[int, str, str, bool, dict[str, Any] | None]]:
+    table = FhirResourceVersion.__table__  # type: ignore[attr-defined]
+    rows = session.execute(select(table).where(table.c.res_pk == pk).order_by(table.c.version_id.desc())).all()
+    return [(r.version_id, r.last_updated, r.method, r.deleted, json.loads(r.content) if r.content else None)
+            for r in rows]
+
+
+def _with_meta(resource: dict[str, Any], res_id: str, version_id: int, moment: datetime) -> dict[str, Any]:
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version_id)
+    meta["lastUpdated"] = instant_text(moment)
+    ordered: dict[str, Any] = {"resourceType": resource["resourceType"], "id": res_id, "meta": meta}
+    ordered.update((key, value) for key, value in resource.items() if key not in ("resourceType", "id", "meta"))
+    return ordered
+
+
+def write(session: Session, resource: dict[str, Any], existing: Stored | None, res_id: str,
+          method: str) -> Stored:
+    """Store a new current version (create when ``existing`` is None) and reindex it."""
+    moment = datetime.now(UTC)
+    stamp = index_time(moment)
+    version_id = existing.version_id + 1 if existing is not None else 1
+    document = _with_meta(resource, res_id, version_id, moment)
+    content = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    table = FhirResource.__table__  # type: ignore[attr-defined]
+    if existing is None:
+        pk = session.execute(insert(table).values(res_type=document["resourceType"], res_id=res_id,
+                                                  version_id=version_id, last_updated=stamp, deleted=False,
+                                                  content=content)).inserted_primary_key[0]
+    else:
+        pk = existing.pk
+        session.execute(update(table).where(table.c.pk == pk).values(version_id=version_id, last_updated=stamp,
+                                                                     deleted=False, content=content))
+    session.execute(insert(FhirResourceVersion.__table__).values(  # type: ignore[attr-defined]
+        res_pk=pk, version_id=version_id, last_updated=stamp, method=method, deleted=False, content=content))
+    reindex(session, pk, document)
+    return Stored(pk, document["resourceType"], res_id, version_id, stamp, False, document)
+
+
+def mark_deleted(session: Session, existing: Stored) -> Stored:
+    moment = datetime.now(UTC)
+    stamp = index_time(moment)
+    version_id = existing.version_id + 1
+    table = FhirResource.__table__  # type: ignore[attr-defined]
+    session.execute(update(table).where(table.c.pk == existing.pk).values(
+        version_id=version_id, last_updated=stamp, deleted=True))
+    session.execute(insert(FhirResourceVersion.__table__).values(  # type: ignore[attr-defined]
+        res_pk=existing.pk, version_id=version_id, last_updated=stamp, method="DELETE", deleted=True, content=""))
+    _drop_index(session, existing.pk)
+    return Stored(existing.pk, existing.res_type, existing.res_id, version_id, stamp, True, None)
+
+
+def _drop_index(session: Session, pk: int) -> None:
+    for model in INDEX_TABLES:
+        table = model.__table__  # type: ignore[attr-defined]
+        session.execute(delete(table).where(table.c.res_pk == pk))
+
+
+def reindex(session: Session, pk: int, resource: dict[str, Any]) -> None:
+    _drop_index(session, pk)
+    rows = extract(resource)
+    common = {"res_pk": pk, "res_type": resource["resourceType"]}
+    references = list(rows.references)
+    for reference in iter_references(resource):
+        target_type, target_id = split_reference(reference)
+        if target_id:
+            references.append({"param": ANY_REFERENCE, "target_type": target_type, "target_id": target_id,
+                               "url": None})
+    for model, values in ((FhirToken, rows.tokens), (FhirString, rows.strings), (FhirDate, rows.dates),
+                          (FhirReference, references), (FhirQuantity, rows.quantities)):
+        if values:
+            session.execute(insert(model.__table__), [{**common, **value} for value in values])  # type: ignore[attr-defined]
+
+
+def iter_references(node: Any) -> Iterator[str]:
+    """Every Reference.reference string in a resource, contained resources included."""
+    if isinstance(node, dict):
+        reference = node.get("reference")
+        if isinstance(reference, str):
+            yield reference
+        for key, value in node.items():
+            if key != "reference":
+                yield from iter_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from iter_references(item)
+
+
+def rewrite_references(node: Any, mapping: dict[str, str]) -> Any:
+    """A copy of ``node`` with each Reference.reference found in ``mapping`` replaced."""
+    if isinstance(node, dict):
+        result = {key: rewrite_references(value, mapping) for key, value in node.items()}
+        reference = node.get("reference")
+        if isinstance(reference, str) and reference in mapping:
+            result["reference"] = mapping[reference]
+        return result
+    if isinstance(node, list):
+        return [rewrite_references(item, mapping) for item in node]
+    return node
+
+
+def referencing(session: Session, target_type: str, target_id: str) -> list[int]:
+    """Primary keys of current resources holding a literal reference to Type/id."""
+    table = FhirReference.__table__  # type: ignore[attr-defined]
+    return list(session.execute(select(table.c.res_pk).where(
+        table.c.target_type == target_type, table.c.target_id == target_id,
+        table.c.param == ANY_REFERENCE).distinct()).scalars())
+
+
+def existing_ids(session: Session, res_type: str, ids: list[str]) -> set[str]:
+    table = FhirResource.__table__  # type: ignore[attr-defined]
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        found.update(session.execute(select(table.c.res_id).where(
+            table.c.res_type == res_type, table.c.res_id.in_(ids[start:start + 500]),
+            table.c.deleted.is_(False))).scalars())
+    return found
