@@ -27,6 +27,9 @@ python3 -m pip install -q -e ".[test]" 2>&1 | grep -v -e "is ignored" -e "Runnin
 python3 -c "import radiomics" 2>/dev/null || python3 -m pip install -q --no-build-isolation "pyradiomics>=3.0" 2>&1 \
   | grep -v -e "is ignored" -e "Running pip as the 'root' user" || true
 
+echo "== installing the external FHIR validators (tests/fhir/validator)"
+(cd tests/fhir/validator && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "== starting PostgreSQL on loopback"
 GATEWAY_TEST_POSTGRES_URL=$(bash .ci/postgres.sh start)
 export GATEWAY_TEST_POSTGRES_URL

@@ -159,8 +159,9 @@ class ImagingSync:
             linked: dict[str, str] = {}
             uids = list(changed)
             for start in range(0, len(uids), 500):
-                linked.update(session.execute(select(link.c.study_instance_uid, link.c.study_updated_at).where(
-                    link.c.study_instance_uid.in_(uids[start:start + 500]))).tuples().all())
+                rows = session.execute(select(link.c.study_instance_uid, link.c.study_updated_at).where(
+                    link.c.study_instance_uid.in_(uids[start:start + 500]))).all()
+                linked.update((row[0], row[1]) for row in rows)
             orphans: set[str] = set()
             if self._watermark is None:  # first sync of this process: also studies deleted while it was away
                 all_links = set(session.execute(select(link.c.study_instance_uid)).scalars())
