@@ -13,20 +13,23 @@ fixed bin width 25 HU; volume and lesions from ``_radiomics_cases``):
 4. case 1 resampled to 1 mm isotropic (gateway: trilinear image, partial-volume mask, rounded intensities;
    pyradiomics: ``resampledPixelSpacing``, ``interpolator='sitkLinear'``).
 
-Gateway: ``extract_features`` with every default family (morphology, local intensity, statistics, histogram,
-IVH, GLCM, GLRLM, GLSZM, GLDZM, NGTDM, NGLDM; textures "3D averaged" and "3D merged"). pyradiomics: the fast
-way, each lesion cropped to its bounding box + 2 voxels, ``additionalInfo`` off, ``force2D`` off, classes
-firstorder, shape, glcm, glrlm, glszm, gldm, ngtdm.
+Gateway: ``extract_label_map_features`` (one call for the whole label map; Numba backend) with every default
+family (morphology, local intensity, statistics, histogram, IVH, GLCM, GLRLM, GLSZM, GLDZM, NGTDM, NGLDM;
+textures "3D averaged" and "3D merged"). pyradiomics: the fast way, each lesion cropped to its bounding box + 2
+voxels, ``additionalInfo`` off, ``force2D`` off, classes firstorder, shape, glcm, glrlm, glszm, gldm, ngtdm.
 
 Timings, each the median of ``--repeats`` runs taken in turn (order alternating, so drift on a shared machine
 hits both tools alike):
 
-* in-process: the per-lesion loop on arrays in memory, after an untimed warm-up on one lesion (Numba compiles
+* in-process: the extraction of every lesion on arrays in memory (pyradiomics: the per-lesion loop; gateway:
+  one label-map call), after an untimed warm-up on one lesion (Numba compiles
   or loads its on-disk cache there; pyradiomics/SimpleITK load their libraries);
 * whole process: ``python tests/bench/_radiomics_cases.py TOOL volume.npy labels.npy ...`` starts an
   interpreter, imports the tool, loads the .npy files, extracts every lesion and writes JSON, so import time
-  and Numba's cache loading count. One untimed process per tool and case runs first (page cache, and Numba's
-  on-disk cache if the sources changed); its time is reported as "first process".
+  and Numba's cache loading count (each worker imports only what its tool needs; both freeze the garbage
+  collector before exiting, see ``_radiomics_cases.run_worker``). One untimed process per tool and case
+  runs first (page cache, and Numba's on-disk cache if the sources changed); its time is reported as "first
+  process".
 
 Ratio = pyradiomics ÷ gateway. Not collected by pytest (no ``test_``); needs the ``bench`` extra (pyradiomics:
 ``pip install versioneer wheel && pip install --no-build-isolation pyradiomics``).

@@ -65,6 +65,7 @@ _ZONE_STATISTICS = texture_kernels._zone_statistics_kernel
 @njit(parallel=True, nogil=True, cache=True)
 def label_boxes(labels: np.ndarray, n_labels: int) -> np.ndarray:
     """(n_labels + 1, 6): lowest z, y, x then highest z, y, x of each label value (lowest > highest: absent).
+    Labels must not be negative (the caller checks).
 
     Slabs of slices run in parallel, each with its own boxes, merged at the end (the NumPy reference is
     ``scipy.ndimage.find_objects``)."""
@@ -82,8 +83,15 @@ def label_boxes(labels: np.ndarray, n_labels: int) -> np.ndarray:
             boxes[label, 5] = -1
         for z in range(slab * n_z // n_slabs, (slab + 1) * n_z // n_slabs):
             for y in range(n_y):
+                row = labels[z, y]
+                # Most rows of a label map are empty; an OR over the row vectorises, the box updates do not.
+                occupied = row[0]
+                for x in range(1, n_x):
+                    occupied |= row[x]
+                if occupied == 0:
+                    continue
                 for x in range(n_x):
-                    label = labels[z, y, x]
+                    label = row[x]
                     if label <= 0:
                         continue
                     if z < boxes[label, 0]:

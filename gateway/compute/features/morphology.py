@@ -169,8 +169,9 @@ def morphology_values(volume: np.ndarray, morph: np.ndarray, intensity: np.ndarr
 
     from scipy.spatial import ConvexHull
 
-    hull = ConvexHull(mesh.vertices)
-    hull_points = np.ascontiguousarray(mesh.vertices[hull.vertices])
+    candidates = hull_vertex_candidates(mesh.vertices)
+    hull = ConvexHull(candidates)
+    hull_points = np.ascontiguousarray(candidates[hull.vertices])
     diameter = max_pairwise_distance(hull_points, backend=backend)
 
     major, minor, least = _principal_semi_axes(morph_points)
@@ -207,6 +208,26 @@ def morphology_values(volume: np.ndarray, morph: np.ndarray, intensity: np.ndarr
         geary,
     ]
     return results, hull_points
+
+
+def hull_vertex_candidates(points: np.ndarray) -> np.ndarray:
+    """The points that can be convex-hull vertices by one cheap test: along each line parallel to an axis, only
+    the two end points.
+
+    A point strictly between two others on a line is their convex combination, so it is no hull vertex and
+    dropping it changes neither the hull nor its volume, area and vertices. Marching-cubes vertices lie on
+    grid edges, so such lines hold many points: this leaves Qhull a fraction of the surface to examine.
+    """
+    keep = np.ones(points.shape[0], dtype=bool)
+    for axis in range(3):
+        first, second = (other for other in range(3) if other != axis)
+        order = np.lexsort((points[:, axis], points[:, second], points[:, first]))
+        ordered = points[order]
+        same_line = (ordered[1:, first] == ordered[:-1, first]) & (ordered[1:, second] == ordered[:-1, second])
+        between = np.zeros(points.shape[0], dtype=bool)
+        between[1:-1] = same_line[:-1] & same_line[1:]
+        keep[order[between]] = False
+    return points[keep]
 
 
 # --- principal axes and ellipsoids ------------------------------------------------------------------------
@@ -498,6 +519,7 @@ def _even_fast_length(minimum: int) -> int:
     return length
 
 
+@functools.lru_cache(maxsize=8)
 def _inverse_distance_spectrum(shape: tuple[int, ...], spacing: Spacing) -> np.ndarray:
     """Half-spectrum weights for _moran_geary_sums_fft: rfftn of w(d) = 1/|d|, times the number of times each
     half-spectrum entry stands for the full spectrum, divided by the transform size.
@@ -518,7 +540,10 @@ def _inverse_distance_spectrum(shape: tuple[int, ...], spacing: Spacing) -> np.n
     # The rfft half keeps each conjugate pair once, except the first and (even length) the last column.
     multiplicity = np.full(halves[2], 2.0)
     multiplicity[0] = multiplicity[-1] = 1.0
-    return full * (multiplicity / float(np.prod(shape)))
+    weights = full * (multiplicity / float(np.prod(shape)))
+    # Cached: lesions of similar size share padded shapes, and this costs as much as one of the FFTs.
+    weights.flags.writeable = False
+    return weights
 
 
 def _fft_functions(backend: str) -> tuple[ModuleType, Callable[..., Any]]:

@@ -12,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from gateway.compute.backend import Backend
+
+# scipy.ndimage serves only the NumPy references below; it is imported where they run because importing it
+# costs a fresh process about a tenth of a second (scipy.special and more) that the other backends never use.
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ def _zone_structure(in_plane: bool) -> np.ndarray:
 
 
 def _face_structure(in_plane: bool) -> np.ndarray:
+    from scipy import ndimage
+
     structure = ndimage.generate_binary_structure(3, 1)
     if in_plane:
         structure[0] = structure[2] = False
@@ -46,6 +50,8 @@ def _face_structure(in_plane: bool) -> np.ndarray:
 def border_distance_reference(morphological_mask: np.ndarray, in_plane: bool) -> np.ndarray:
     """The definition: peel the ROI one face-connected layer at a time; a voxel's distance is the number of
     layers that reach it. ``binary_erosion`` treats the outside of the array as background."""
+    from scipy import ndimage
+
     distance = np.zeros(morphological_mask.shape, dtype=np.int32)
     remaining = morphological_mask.copy()
     structure = _face_structure(in_plane)
@@ -70,6 +76,8 @@ def border_distance_map(morphological_mask: np.ndarray, in_plane: bool, backend:
 
 def find_zones_reference(level_index: np.ndarray, in_plane: bool, distance: np.ndarray | None) -> Zones:
     """The definition: label each grey level's voxels into connected components with SciPy."""
+    from scipy import ndimage
+
     structure = _zone_structure(in_plane)
     parts: list[tuple[np.ndarray, ...]] = []
     for level in range(1, int(level_index.max()) + 1):
