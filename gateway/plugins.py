@@ -26,6 +26,7 @@ from types import ModuleType
 # In load order; a plug-in may use the ones before it.
 PLUGIN_MODULES: tuple[str, ...] = (
     "gateway.fhir.plugin",
+    "gateway.ehr.plugin",
     "gateway.pacs.plugin",
 )
 

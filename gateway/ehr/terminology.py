@@ -26,7 +26,7 @@ UCUM = "http://unitsofmeasure.org"
 CODED_PATHS: dict[str, tuple[str, ...]] = {
     "Condition": ("code", "bodySite"),
     "Observation": ("code", "valueCodeableConcept"),
-    "Procedure": ("code",),
+    "Procedure": ("code", "category"),
     "DiagnosticReport": ("code",),
 }
 
