@@ -271,18 +271,20 @@ def coverage(terminology: Terminology, resources: Iterable[dict[str, Any]]) -> d
     return {"systems": report}
 
 
-_TNM = re.compile(r"^(?P<prefix>y?[cpra]|yc|yp)?(?P<axis>[TNM])(?P<category>[0-9A-Za-z()+\-]*)$")
+_TNM = re.compile(r"^(?P<prefix>y?[cpra]|yc|yp)?(?P<axis>[TNM])(?P<category>.+)$", re.IGNORECASE)
+# The categories of the AJCC 8th edition across sites: X, is (with its variants), 0-4 with a subdivision.
+_CATEGORY = re.compile(r"^(x|is(\([a-z]+\))?|[0-4](a|b|c|d|e|mi|\(i[+-]\)|\(mol[+-]\))?[0-9]?)$")
 
 
 def ajcc_category(value: str, axis: str, prefix: str = "c") -> str | None:
     """An AJCC TNM category as AJCC writes it ("cT2a", "pN1mi", "cM0") from a value with or without its
     prefix; None when the value is not one of the axis ``axis`` (T, N or M)."""
-    text = value.strip().replace(" ", "")
-    match = _TNM.match(text)
-    if not match or match["axis"] != axis.upper() or not match["category"]:
+    match = _TNM.match(value.strip().replace(" ", ""))
+    if not match or match["axis"].upper() != axis.upper():
         return None
-    category = match["category"]
-    category = category[0].upper() + category[1:].lower() if category[0] in "xX" else category
-    if category.lower().startswith("is"):
-        category = "is" + category[2:]
-    return f"{match['prefix'] or prefix}{axis.upper()}{category}"
+    category = match["category"].lower()
+    if not _CATEGORY.match(category):
+        return None
+    if category == "x":
+        category = "X"
+    return f"{(match['prefix'] or prefix).lower()}{axis.upper()}{category}"
