@@ -550,7 +550,8 @@ class FhirService:
         else:
             if entry.res_id is not None:
                 stored = self._current(session, entry.res_type, entry.res_id)
-                return {"fullUrl": f"{base}/{entry.res_type}/{entry.res_id}", "resource": stored.resource,
+                # No fullUrl: a write of the same resource in this Bundle already carries it (bdl-7).
+                return {"resource": stored.resource,
                         "response": {"status": "200 OK", "etag": f'W/"{stored.version_id}"'}}
             request = search.parse_request(entry.res_type, entry.query or [])
             result = search.execute(session, request)
