@@ -70,7 +70,9 @@ def condition(term: Terminology, patient_url: str, diagnosis: list[Translation],
             for target in term.translate("icd-10", coding.code).targets_in(TOPOGRAPHY, MORPHOLOGY):
                 if target not in codings:
                     codings.append(_icdo3_axis(target))
-    main = [c for c in codings if c.system in DIAGNOSIS_SYSTEMS or not term.system(c.system).standard]
+    # Standard codes first (what most readers take), the sender's local coding kept after them.
+    main = [c for c in codings if c.system in DIAGNOSIS_SYSTEMS] + \
+        [c for c in codings if not term.system(c.system).standard]
     topography = [c for c in codings if c.system == TOPOGRAPHY]
     morphology = [c for c in codings if c.system == MORPHOLOGY]
     first = diagnosis[0].source

@@ -371,7 +371,7 @@ class FrameEvent:
 class MLLPDecoder:
     """Splits a byte stream into MLLP frames; frames may arrive in pieces and several may share one read.
 
-    Bytes between frames that are not white space are reported once per run ("junk"); a frame growing past
+    Bytes between frames that are not white space are reported once per read ("junk"); a frame growing past
     ``max_message_bytes`` is reported once ("oversize") and its remaining bytes are skipped up to its end.
     """
 
@@ -392,6 +392,9 @@ class MLLPDecoder:
                 self._junk.extend(outside.strip())
                 if start < 0:
                     self._buffer.clear()
+                    if self._junk:  # answered now: a sender that sent no frame at all still hears why
+                        yield FrameEvent("junk", bytes(self._junk[:200]), len(self._junk))
+                        self._junk.clear()
                     return
                 del self._buffer[:start + 1]
                 if self._junk:
