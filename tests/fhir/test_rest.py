@@ -68,6 +68,8 @@ def test_errors_are_operation_outcomes_with_the_right_status(fhir: FhirClient) -
     assert invalid.status_code == 400
     outcome = invalid.json()
     assert outcome["resourceType"] == "OperationOutcome" and "gender" in outcome["issue"][0]["diagnostics"]
+    bad_status = fhir.post("Observation", json={"resourceType": "Observation", "status": "done", "code": {"text": "x"}})
+    assert bad_status.status_code == 400 and "Observation.status" in bad_status.text
     unknown_element = fhir.post("Patient", json={"resourceType": "Patient", "colour": "blue"})
     assert unknown_element.status_code == 400 and "colour" in unknown_element.text
     wrong_type = fhir.post("Patient", json={"resourceType": "Observation"})
