@@ -144,9 +144,17 @@ def _serve(node: Any, workers: int = 1) -> None:
         node.close()
         # DIMSE gets a process of its own: the gunicorn master forks workers and must not run listener threads.
         dimse_process = start_dimse_process(settings) if settings.dimse_port is not None else None
+        from gateway.plugins import call_hook
+
+        # Likewise the plug-ins' listeners (MLLP, ...): hook start_listener_processes(settings) returns objects
+        # with close() that run them in processes of their own.
+        processes = [process for started in call_hook("start_listener_processes", settings) for process in
+                     started or ()]
         try:
             run_workers(settings, workers)
         finally:
+            for process in processes:
+                process.close()
             if dimse_process is not None:
                 stop_dimse_process(dimse_process)
         return
