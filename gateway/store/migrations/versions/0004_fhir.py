@@ -52,6 +52,11 @@ _INDEXES = [
     ("ix_fhir_quantity_value", "fhir_quantity", ["res_type", "param", "value"]),
 ]
 
+_PATTERN_INDEXES = [
+    ("ix_fhir_string_norm_pattern", "fhir_string", "value_norm"),
+    ("ix_fhir_token_text_pattern", "fhir_token", "text"),
+]
+
 
 def upgrade() -> None:
     op.create_table(
@@ -92,6 +97,13 @@ def upgrade() -> None:
         op.create_index(f"ix_{table}_res_pk", table, ["res_pk"])
     for name, table, columns in _INDEXES:
         op.create_index(name, table, columns)
+    if op.get_bind().dialect.name == "postgresql":
+        # Prefix matching (string search, token :text) is LIKE 'abc%'; under a non-C collation PostgreSQL can
+        # use a b-tree for it only with the pattern operator class. SQLite uses the plain index (case-sensitive
+        # LIKE is on).
+        for name, table, column in _PATTERN_INDEXES:
+            op.create_index(name, table, ["res_type", "param", column],
+                            postgresql_ops={column: "varchar_pattern_ops"})
     op.create_table(
         "fhir_imaging_link",
         sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
@@ -103,6 +115,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("fhir_imaging_link")
+    if op.get_bind().dialect.name == "postgresql":
+        for name, table, _ in _PATTERN_INDEXES:
+            op.drop_index(name, table_name=table)
     for name, table, _ in reversed(_INDEXES):
         op.drop_index(name, table_name=table)
     for table in reversed(list(_INDEX_COLUMNS)):
