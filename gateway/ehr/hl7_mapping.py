@@ -71,8 +71,10 @@ class MappedMessage:
 
     @property
     def counts(self) -> dict[str, int]:
+        """Resources written by type (a Patient created only if missing, as ORU does, is not counted)."""
         entries = (self.bundle or {}).get("entry", [])
-        return dict(Counter(entry["resource"]["resourceType"] for entry in entries))
+        return dict(Counter(entry["resource"]["resourceType"] for entry in entries
+                            if "ifNoneExist" not in entry["request"]))
 
 
 class UnsupportedMessage(Exception):

@@ -129,7 +129,9 @@ def _run_csv_import(node: Node, context: Any, params: dict[str, Any]) -> dict[st
 # --- commands ------------------------------------------------------------------------------------------
 
 def register_commands(commands: Any, common: Any) -> None:
-    ehr = commands.add_parser("ehr", parents=[common("./data")], help="EHR integration: import HL7 v2, CSV, FHIR")
+    # The options live on the action (gateway ehr import FILE --data-dir ...): on both levels, the action's
+    # defaults would overwrite what was given before it.
+    ehr = commands.add_parser("ehr", help="EHR integration: import HL7 v2, CSV, FHIR")
     actions = ehr.add_subparsers(dest="ehr_action", required=True, metavar="ACTION")
     importer = actions.add_parser("import", parents=[common("./data")],
                                   help="import a CSV extract (--mapping NAME), an HL7 v2 file (.hl7) or a FHIR "

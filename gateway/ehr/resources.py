@@ -166,6 +166,11 @@ class TransactionBuilder:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def written_types(self) -> list[str]:
+        """Resource types this Bundle writes: conditional creates of a patient known only by MRN not counted."""
+        return [entry["resource"]["resourceType"] for entry in self.entries.values()
+                if "ifNoneExist" not in entry["request"]]
+
     def bundle(self) -> dict[str, Any]:
         # Patients first: a server that resolves conditional creates in order finds them before their users.
         entries = sorted(self.entries.values(), key=lambda e: e["resource"]["resourceType"] != "Patient")

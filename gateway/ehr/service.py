@@ -365,7 +365,7 @@ class _CsvReport:
     def stored(self, rows: list[tuple[int, TransactionBuilder]]) -> None:
         self.rows_stored += len(rows)
         for _, builder in rows:
-            self.resources.update(entry["resource"]["resourceType"] for entry in builder.entries.values())
+            self.resources.update(builder.written_types())
 
     def result(self) -> dict[str, Any]:
         unmapped = [{"system": coding.system, "code": coding.code, "display": coding.display, "rows": count}

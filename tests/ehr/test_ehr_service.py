@@ -213,7 +213,7 @@ def test_csv_import_cli_reports_rows_that_did_not_map(node: Node, tmp_path: Path
             "--database-url", settings.effective_database_url]
     assert main(args) == 1  # some rows did not map
     out = capsys.readouterr().out
-    assert "4 rows: 2 stored" in out and "2 did not map" in out
+    assert "4 rows: 2 stored (2 Observation)" in out and "2 did not map" in out  # stub Patients not counted
     assert "line 4: date" in out and "line 5: mrn" in out
     assert "local-lab CYFRA 'CYFRA 21-1': 1 row(s)" in out
     reopened = Node.open(settings)
