@@ -199,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "db":
         from gateway.store.db import upgrade_database
 
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade_database(settings.effective_database_url)
         print("database is at the newest schema revision")
         return 0
