@@ -367,3 +367,31 @@ method = "c-move"
     assert "pacs-pull" in jobs.stdout and "completed" in jobs.stdout
     unknown = gateway_cli("pacs", "pull", "--pacs", "elsewhere", "--study", pacs.study_b)
     assert unknown.returncode == 2 and "unknown PACS 'elsewhere'" in unknown.stderr
+
+
+def test_the_deployment_example_configures_a_pacs() -> None:
+    from gateway.config import load_settings
+    from gateway.pacs.config import upstream_pacs
+
+    example = Path(__file__).resolve().parent.parent / "deploy" / "gateway.toml.example"
+    main = upstream_pacs(load_settings(example, environ={}))["main"]
+    assert (main.ae_title, main.host, main.port, main.method) == ("PACS01", "10.0.0.5", 104, "c-move")
+    assert main.max_instances_per_second == 50 and str(main.window) == "20:00-06:00"
+    assert main.available_methods() == ["c-move", "c-get", "wado-rs"]
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"ae_title": "PACS", "host": "h"}, "DIMSE needs ae_title, host and port together"),
+    ({"dicomweb_url": "ftp://x"}, "http:// or https://"),
+    ({}, "give DIMSE"),
+    ({"ae_title": "PACS", "host": "h", "port": 104, "method": "wado-rs"}, "needs dicomweb_url"),
+    ({"dicomweb_url": "http://x", "colour": "blue"}, "unknown keys colour"),
+    ({"dicomweb_url": "http://x", "username": "u"}, "username and password go together"),
+    ({"dicomweb_url": "http://x", "window": "25:00-06:00"}, "window"),
+])
+def test_bad_pacs_configuration_names_the_problem(table: dict[str, Any], message: str) -> None:
+    from gateway.config import ConfigError, load_settings
+    from gateway.pacs.config import upstream_pacs
+
+    with pytest.raises(ConfigError, match=message):
+        upstream_pacs(load_settings(None, {"sections": {"pacs": {"bad": table}}}, environ={}))
