@@ -13,8 +13,14 @@ optional functions of its ``plugin`` module; the core never imports them by name
 ``register_commands(commands, common)``
     add ``gateway`` subcommands; ``common(default_data_dir)`` gives the parent parser with ``--data-dir`` and
     ``--config``. A subcommand sets ``run=callable(node, args) -> int`` as a default.
-``start_listeners(node)`` / returns a list of objects with ``close()``
-    protocol listeners started by ``gateway serve`` (MLLP, ...).
+``start_listeners(node)``
+    protocol listeners (MLLP, ...) started by a single-process ``gateway serve``; returns objects with
+    ``close()``.
+``start_listener_processes(settings)``
+    the same listeners for ``gateway serve --workers N``, each in a process of its own (the gunicorn master
+    must not run listener threads); returns ``subprocess.Popen`` objects, stopped when the server stops.
+``ingest_demo(node, plan)``
+    add the plug-in's part of the demo data set (``gateway demo``) for the patients of ``plan``.
 """
 
 from __future__ import annotations
