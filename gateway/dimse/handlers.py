@@ -12,6 +12,7 @@ import io
 import logging
 import socket
 import threading
+import types
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -105,14 +106,42 @@ def service_of(abstract_syntax: str) -> Service:
     return "store"
 
 
+# Largest single read: pynetdicom reads 4 KiB at a time, 128 Python calls for a 512 KiB CT slice.
+RECEIVE_CHUNK = 1024 * 1024
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
 def set_tcp_nodelay(event: Event) -> None:
-    """Without TCP_NODELAY, Nagle's algorithm and the peer's delayed ACK hold back the small PDU that ends each
-    message, which costs tens of milliseconds per C-STORE."""
+    """Tune every DIMSE socket, both ends of the delay that Nagle's algorithm and delayed ACKs cause.
+
+    Without TCP_NODELAY, our small last PDU of a message waits for the peer's delayed ACK. And a peer that
+    keeps Nagle on (DCMTK's tools do unless TCP_NODELAY is set in their environment) holds back its last
+    fragment of each instance until we acknowledge the ones before, which Linux delays by up to 40 ms:
+    TCP_QUICKACK, re-armed before every read because the kernel clears it, acknowledges at once (measured:
+    120 instances from a default storescu in 8.2 s without it, 1.75 s with it).
+    """
     transport = event.assoc.dul.socket
     raw = getattr(transport, "socket", None) if transport is not None else None
-    if raw is not None:
-        with contextlib.suppress(OSError):
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if raw is None:
+        return
+    with contextlib.suppress(OSError):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    transport.recv = types.MethodType(_receive, transport)
+
+
+def _receive(transport: Any, nr_bytes: int) -> bytearray:
+    """``AssociationSocket.recv``: ``nr_bytes`` or fewer at end of stream, in large reads, acknowledging fast."""
+    sock = transport.socket
+    received = bytearray()
+    while len(received) < nr_bytes:
+        if _TCP_QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        chunk = sock.recv(min(nr_bytes - len(received), RECEIVE_CHUNK))
+        if not chunk:
+            break
+        received += chunk
+    return received
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
