@@ -34,6 +34,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "gateway.fhir.plugin",
     "gateway.ehr.plugin",
     "gateway.pacs.plugin",
+    "gateway.features.plugin",
 )
 
 

@@ -8,6 +8,7 @@ from sqlmodel import SQLModel
 
 import gateway.store.models  # noqa: F401 - registers the tables on SQLModel.metadata
 import gateway.fhir.models  # noqa: F401
+import gateway.features.models  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata
