@@ -55,19 +55,22 @@ def _stored(node: Node, study_uid: str, series_uid: str, sop_uid: str) -> bool:
     return True
 
 
-def ensure_report(node: Node, series: CohortSeries, segmentation: Segmentation, regions: list[dict[str, Any]],
-                  plan: Plan) -> tuple[str, bool]:
-    """Store the report unless it is already stored; returns (SOP Instance UID, whether it was made now)."""
+def is_stored(node: Node, series: CohortSeries, segmentation: Segmentation, digest: str) -> bool:
+    series_uid, sop_uid = report_uids(series.series_uid, segmentation.series_uid, digest)
+    return _stored(node, series.study_uid, series_uid, sop_uid)
+
+
+def store_report(node: Node, series: CohortSeries, segmentation: Segmentation, regions: list[dict[str, Any]],
+                 plan: Plan) -> str:
+    """Build and store the report; returns its SOP Instance UID."""
     series_uid, sop_uid = report_uids(series.series_uid, segmentation.series_uid, plan.parameter_hash)
-    if _stored(node, series.study_uid, series_uid, sop_uid):
-        return sop_uid, False
     dataset = build_report(node, series, segmentation, regions, plan, series_uid, sop_uid)
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     result = node.ingest.store_bytes(buffer.getvalue())
     if not result.ok:
         raise RuntimeError(f"the SR was not stored: {result.message}")
-    return sop_uid, True
+    return sop_uid
 
 
 def _coded(code: tuple[str, str, str] | None) -> hd.sr.CodedConcept | None:

@@ -340,11 +340,19 @@ class FeatureService:
     # -- reading -------------------------------------------------------------------------------------------
 
     def results(self, *, series_uid: str | None = None, study_uid: str | None = None,
-                parameter_hash: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+                parameter_hash: str | None = None, segmentation_uid: str | None = None,
+                alg_version: str | None = None, without_observation: bool = False,
+                limit: int = 1000) -> list[dict[str, Any]]:
         """Stored regions with their features, newest first."""
         region_table = ImageFeatureRegion.__table__  # type: ignore[attr-defined]
         feature_table = ImageFeature.__table__  # type: ignore[attr-defined]
         query = select(region_table).order_by(region_table.c.id.desc()).limit(limit)
+        if segmentation_uid:
+            query = query.where(region_table.c.segmentation_series_uid == segmentation_uid)
+        if alg_version:
+            query = query.where(region_table.c.alg_version == alg_version)
+        if without_observation:
+            query = query.where(region_table.c.observation_id.is_(None))
         if series_uid:
             query = query.where(region_table.c.series_instance_uid == series_uid)
         if study_uid:
@@ -382,17 +390,14 @@ class FeatureService:
         return [{"parameter_hash": row["parameter_hash"], "name": row["name"],
                  "settings": json.loads(row["settings_json"]), "created": _iso(row["created_at"])} for row in rows]
 
-    def _stored_regions(self, plan: Plan) -> list[dict[str, Any]]:
-        """The plan's regions that have results (this run's and earlier ones), with their feature rows."""
-        keys = {(s.series_uid, g.series_uid, r.segment_number) for s in plan.cohort.series for g in s.segmentations
-                for r in g.regions}
-        found = []
-        for uid in sorted({key[0] for key in keys}):
-            for region in self.results(series_uid=uid, parameter_hash=plan.parameter_hash, limit=100000):
-                row_key = (region["series"], region["segmentation"], region["segment_number"])
-                if row_key in keys and region["alg_version"] == ALG_VERSION:
-                    found.append(region)
-        return found
+    def _stored_regions(self, plan: Plan, series: CohortSeries, segmentation: Segmentation | None = None,
+                        without_observation: bool = False) -> list[dict[str, Any]]:
+        """Stored results of the plan's regions of one series (this run's and earlier ones)."""
+        keys = {(g.series_uid, r.segment_number) for g in series.segmentations for r in g.regions}
+        return [region for region in self.results(
+            series_uid=series.series_uid, segmentation_uid=segmentation.series_uid if segmentation else None,
+            parameter_hash=plan.parameter_hash, alg_version=ALG_VERSION, without_observation=without_observation,
+            limit=len(keys) + 1) if (region["segmentation"], region["segment_number"]) in keys]
 
     # -- FHIR ----------------------------------------------------------------------------------------------
 
@@ -405,10 +410,10 @@ class FeatureService:
         if fhir is None:
             log.info("no FHIR service on this node: feature Observations not written")
             return {"written": 0, "note": "no FHIR service on this node"}
-        missing = [region for region in self._stored_regions(plan) if region["observation"] is None]
         by_study: dict[str, list[dict[str, Any]]] = {}
-        for region in missing:
-            by_study.setdefault(region["study"], []).append(region)
+        for series in plan.cohort.series:
+            for region in self._stored_regions(plan, series, without_observation=True):
+                by_study.setdefault(region["study"], []).append(region)
         written, errors = 0, []
         for study_uid, regions in by_study.items():
             try:
@@ -497,29 +502,23 @@ class FeatureService:
         """A TID 1500 measurement report per (image series, segmentation) whose regions all have results."""
         from gateway.features import report
 
-        stored = self._stored_regions(plan)
-        by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for region in stored:
-            by_pair.setdefault((region["series"], region["segmentation"]), []).append(region)
         made, present, incomplete, errors = [], 0, [], []
         for series in plan.cohort.series:
             for segmentation in series.segmentations:
-                regions = by_pair.get((series.series_uid, segmentation.series_uid), [])
+                if report.is_stored(self.node, series, segmentation, plan.parameter_hash):
+                    present += 1
+                    continue
+                regions = self._stored_regions(plan, series, segmentation)
                 if len(regions) < len(segmentation.regions):
                     incomplete.append({"series": series.series_uid, "segmentation": segmentation.series_uid,
                                        "missing": len(segmentation.regions) - len(regions)})
                     continue
                 try:
-                    uid, new = report.ensure_report(self.node, series, segmentation, regions, plan)
+                    made.append(report.store_report(self.node, series, segmentation, regions, plan))
                 except Exception as exc:  # a report that cannot be built must not lose the stored features
                     log.exception("SR for series %s not written", series.series_uid)
                     errors.append({"series": series.series_uid, "segmentation": segmentation.series_uid,
                                    "error": f"{type(exc).__name__}: {exc}"[:1000]})
-                    continue
-                if new:
-                    made.append(uid)
-                else:
-                    present += 1
         return {"written": made, "already_present": present, "incomplete": incomplete, "errors": errors}
 
 

@@ -390,3 +390,52 @@ def test_demo_data_through_the_command_line(tmp_path: Path, capsys: pytest.Captu
     assert main(["features", "extract", "--data-dir", str(data_dir), "--cohort", "Modality=CT",
                  "--params", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml does not exist" in capsys.readouterr().err
+
+
+def test_rtstruct_rois_are_regions_and_a_broken_series_fails_alone(node: Node) -> None:
+    from gateway.compute.regions import load_rtstruct_masks
+    from tests.compute.test_volumes import circle, rtstruct
+    from tests.features.cases import part10
+
+    study = synthetic_study(seed=11, patient_id="RT1")
+    image = study.images[0]
+    structure_set = rtstruct(image, {"GTV": [circle((1.2, -2.4), 3.0, 2.0 * k) for k in range(2, 8)],
+                                     "point": []})
+    broken = synthetic_study(seed=12, patient_id="RT2")
+    broken.images = [image for image in broken.images if not (image.Modality == "CT" and image.InstanceNumber == 6)]
+    store_synthetic(node, study)
+    store_synthetic(node, broken)
+    assert node.ingest.store_bytes(part10(structure_set)).ok
+    final = _run(node, {"cohort": "Modality=CT", "params": SETTINGS, "sr": True})
+    assert final["state"] == COMPLETED, final["error"]
+    result = final["result"]
+    # The ROI without contours is no region; the SEG's two segments and the GTV are.
+    assert result["regions"] == 5 and result["computed"] == 3 and result["failed_count"] == 2
+    assert {failure["series"] for failure in result["failed"]} == {broken.ct_uid}
+    assert all("not a regular grid" in failure["error"] and "missing" in failure["error"]
+               for failure in result["failed"])
+    gtv = next(region for region in node.extensions["features"].results(series_uid=study.ct_uid)
+               if region["segmentation_modality"] == "RTSTRUCT")
+    assert gtv["label"] == "GTV" and gtv["segment_number"] == 1
+    volume = load_series_volume(node, study.study_uid, study.ct_uid)
+    mask = load_rtstruct_masks(node, study.study_uid, str(structure_set.SeriesInstanceUID), volume,
+                               names=["GTV"])["GTV"]
+    _assert_same(gtv["features"], {f.key if f.aggregation is None else f"{f.key} [{f.aggregation}]": f.value
+                                   for f in extract_features(volume.array, mask, volume.spacing, bin_width=10,
+                                                             resegment_range=(-200.0, 400.0))})
+    # Two reports for the intact series (its SEG and its RTSTRUCT); none for the broken one.
+    assert len(result["sr"]["written"]) == 2
+    assert result["sr"]["incomplete"] == [{"series": broken.ct_uid, "segmentation": broken.seg_uid, "missing": 2}]
+    series_uid, sop_uid = report_uids(study.ct_uid, str(structure_set.SeriesInstanceUID), result["parameter_hash"])
+    dataset = pydicom.dcmread(node.retrieve.path(node.retrieve.instance(study.study_uid, series_uid, sop_uid)))
+    content = hd.sr.Comprehensive3DSR.from_dataset(dataset).content
+    # An ROI has no segment to reference: its group is a TID 1501 group, not an ROI group.
+    assert content.get_volumetric_roi_measurement_groups() == []
+    (group,) = content.get_image_measurement_groups()
+    assert group.tracking_identifier == "GTV"
+    volume_measurement = next(m for m in group.get_measurements() if m.name.value == "RNU0")
+    assert volume_measurement.value == pytest.approx(next(f["value"] for f in gtv["features"]
+                                                          if f["key"] == "morph_vol"), rel=1e-6)
+    again = _run(node, {"cohort": "Modality=CT", "params": SETTINGS, "sr": True})
+    assert again["result"]["computed"] == 0 and again["result"]["failed_count"] == 2  # retried, still broken
+    assert again["result"]["sr"]["already_present"] == 2
