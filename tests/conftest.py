@@ -23,7 +23,8 @@ from gateway.web.app import create_app
 
 POSTGRES_ENV = "GATEWAY_TEST_POSTGRES_URL"
 ADMIN_TOKEN = "test-admin-token"
-_TEMPLATE = "gateway_test_template"
+# One template per test session, so sessions running side by side on one server never drop each other's.
+_TEMPLATE = f"gateway_test_template_{os.getpid()}"
 
 
 def _postgres_admin_url() -> str | None:
@@ -124,3 +125,9 @@ def server(node: Node) -> Iterator[RunningServer]:
     yield running
     waitress_server.close()  # type: ignore[attr-defined]
     thread.join(timeout=5)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _template_ready and os.environ.get(POSTGRES_ENV):
+        with contextlib.suppress(Exception):
+            _admin_execute(os.environ[POSTGRES_ENV], f"DROP DATABASE IF EXISTS {_TEMPLATE} WITH (FORCE)")

@@ -148,13 +148,19 @@ def orthanc(work_dir: Path, gateway_port: int = 1) -> OrthancPeer:
                        other_modalities={BENCH_AE: free_tcp_port(), STORESCP_AE: free_tcp_port()})
 
 
-def storescu(ae_title: str, port: int, files: list[Path], associations: int) -> float:
-    """Seconds for ``associations`` parallel storescu processes to send ``files`` (split evenly)."""
+def storescu(ae_title: str, port: int, files: list[Path], associations: int, nagle: bool = True) -> float:
+    """Seconds for ``associations`` parallel storescu processes to send ``files`` (split evenly).
+
+    DCMTK keeps Nagle's algorithm on unless its environment sets TCP_NODELAY=1, as a modality's DCMTK-based
+    sender would; ``nagle=False`` measures the client with it off.
+    """
     chunks = [files[index::associations] for index in range(associations)]
+    environment = {**os.environ, "TCP_NODELAY": "0" if nagle else "1"}
 
     def send(chunk: list[Path]) -> None:
         result = subprocess.run([str(DCMTK / "storescu"), "-aet", BENCH_AE, "-aec", ae_title, "127.0.0.1",
-                                 str(port), *map(str, chunk)], capture_output=True, text=True, check=False)
+                                 str(port), *map(str, chunk)], capture_output=True, text=True, check=False,
+                                env=environment)
         if result.returncode != 0:
             raise RuntimeError(f"storescu failed: {result.stderr[-1000:]}")
 
@@ -292,32 +298,36 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-dimse-"))
     try:
         # 1. ingest
-        rates: dict[tuple[str, int], list[float]] = {}
+        rates: dict[tuple[str, int, bool], list[float]] = {}
         orthanc_version = ""
+        variants = [(associations, nagle) for nagle in (True, False) for associations in (1, 4)]
         for repeat in range(args.repeats):
             order = ["gateway", "orthanc"] if repeat % 2 == 0 else ["orthanc", "gateway"]
             for server in order:
-                for associations in (1, 4):
-                    folder = work / f"ingest-{server}-{repeat}-{associations}"
+                for associations, nagle in variants:
+                    folder = work / f"ingest-{server}-{repeat}-{associations}-{nagle}"
                     if server == "gateway":
                         with Gateway(folder) as gateway:
-                            seconds = storescu(GATEWAY_AE, gateway.dimse_port, series.files, associations)
+                            seconds = storescu(GATEWAY_AE, gateway.dimse_port, series.files, associations, nagle)
                     else:
                         with orthanc(folder) as peer:
                             orthanc_version = peer.version()
-                            seconds = storescu(peer.ae_title, peer.dicom_port, series.files, associations)
-                    rates.setdefault((server, associations), []).append(seconds)
-                    log(f"ingest {server} x{associations}: {len(series.files) / seconds:.0f} instances/s")
+                            seconds = storescu(peer.ae_title, peer.dicom_port, series.files, associations, nagle)
+                    rates.setdefault((server, associations, nagle), []).append(seconds)
+                    log(f"ingest {server} x{associations} nagle={nagle}: {len(series.files) / seconds:.0f} "
+                        "instances/s")
                     shutil.rmtree(folder, ignore_errors=True)
         lines += [f"### C-STORE ingest from storescu: {len(series.files)} CT instances, {megabytes:.0f} MB "
                   f"(median of {args.repeats})", "",
-                  "| associations | gateway inst/s | gateway MB/s | Orthanc inst/s | Orthanc MB/s | ratio |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        for associations in (1, 4):
-            gateway_s, orthanc_s = median(rates[("gateway", associations)]), median(rates[("orthanc", associations)])
-            lines.append(f"| {associations} | {len(series.files) / gateway_s:.0f} | {megabytes / gateway_s:.0f} | "
-                         f"{len(series.files) / orthanc_s:.0f} | {megabytes / orthanc_s:.0f} | "
-                         f"{orthanc_s / gateway_s:.2f}× |")
+                  "| storescu | associations | gateway inst/s | gateway MB/s | Orthanc inst/s | Orthanc MB/s | ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for associations, nagle in variants:
+            gateway_s = median(rates[("gateway", associations, nagle)])
+            orthanc_s = median(rates[("orthanc", associations, nagle)])
+            client = "default (Nagle on)" if nagle else "TCP_NODELAY=1"
+            lines.append(f"| {client} | {associations} | {len(series.files) / gateway_s:.0f} | "
+                         f"{megabytes / gateway_s:.0f} | {len(series.files) / orthanc_s:.0f} | "
+                         f"{megabytes / orthanc_s:.0f} | {orthanc_s / gateway_s:.2f}× |")
 
         # 2. C-FIND
         finds: dict[str, dict[str, float]] = {}
