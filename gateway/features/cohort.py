@@ -61,7 +61,7 @@ class CohortSeries:
     patient_pk: int
     patient_id: str
     body_part_examined: str
-    units: str  # PET Units (0054,1001), for the intensity unit
+    units: str  # PET Units (0054,1001), for the intensity unit; "" for other modalities
     segmentations: list[Segmentation] = field(default_factory=list)
 
     @property
@@ -115,7 +115,7 @@ def select_cohort(node: Node, text: str) -> Cohort:
     cohort_series = [CohortSeries(study_uid=row.study_instance_uid, series_uid=row.series_instance_uid,
                                   modality=row.modality, series_pk=row.pk, patient_pk=row.patient_pk,
                                   patient_id=row.patient_id, body_part_examined=row.body_part_examined or "",
-                                  units=_attribute(json.loads(row.attributes_json or "{}"), "00541001"))
+                                  units=_pet_units(node, row.pk) if row.modality == "PT" else "")
                      for row in rows]
     segmentations = _segmentations_by_study(node, sorted({series.study_uid for series in cohort_series}))
     kept = []
@@ -131,6 +131,14 @@ def select_cohort(node: Node, text: str) -> Cohort:
     return Cohort(kept, skipped)
 
 
+def _pet_units(node: Node, series_pk: int) -> str:
+    """Units (0054,1001) of a PET series: the index keeps it with the instances' attributes, not the series'."""
+    with node.engine.connect() as connection:
+        text = connection.execute(select(Instance.metadata_json).where(Instance.series_pk == series_pk)
+                                  .order_by(Instance.instance_number, Instance.pk).limit(1)).scalar()
+    return _attribute(json.loads(text or "{}"), "00541001")
+
+
 def _series_rows(node: Node, series_uids: list[str]) -> list[Any]:
     rows: list[Any] = []
     with node.engine.connect() as connection:
@@ -138,7 +146,7 @@ def _series_rows(node: Node, series_uids: list[str]) -> list[Any]:
             chunk = series_uids[start:start + 500]
             rows += connection.execute(
                 select(Series.pk, Series.series_instance_uid, Series.modality, Series.body_part_examined,
-                       Series.attributes_json, Study.study_instance_uid, Study.patient_pk, Study.patient_id)
+                       Study.study_instance_uid, Study.patient_pk, Study.patient_id)
                 .join(Study, Study.pk == Series.study_pk).where(Series.series_instance_uid.in_(chunk))).all()
     order = {uid: index for index, uid in enumerate(series_uids)}
     return sorted(rows, key=lambda row: order[row.series_instance_uid])

@@ -31,7 +31,7 @@ class SyntheticStudy:
 
 
 def _images(study_uid: str, series_uid: str, modality: str, frame_uid: str, seed: int,
-            patient_id: str) -> list[Dataset]:
+            patient_id: str, **attributes: object) -> list[Dataset]:
     rng = np.random.default_rng(seed)
     z, y, x = np.mgrid[0:SLICES, 0:ROWS, 0:COLUMNS]
     # A smooth blob plus noise: texture that depends on the region, so wrong masks give wrong values.
@@ -40,7 +40,7 @@ def _images(study_uid: str, series_uid: str, modality: str, frame_uid: str, seed
     for index in range(SLICES):
         ds = make_dataset(study_uid=study_uid, series_uid=series_uid, modality=modality, rows=ROWS, columns=COLUMNS,
                           instance_number=index + 1, series_number=2 if modality == "MR" else 1,
-                          patient_id=patient_id, FrameOfReferenceUID=frame_uid)
+                          patient_id=patient_id, FrameOfReferenceUID=frame_uid, **attributes)
         ds.ImagePositionPatient = [-10.0, -12.0, 2.0 * index]
         ds.SliceThickness = 2.0
         ds.PixelSpacing = [0.8, 0.8]
@@ -49,9 +49,11 @@ def _images(study_uid: str, series_uid: str, modality: str, frame_uid: str, seed
     return images
 
 
-def synthetic_study(seed: int = 0, patient_id: str = "FEAT001") -> SyntheticStudy:
+def synthetic_study(seed: int = 0, patient_id: str = "FEAT001", modality: str = "CT",
+                    **attributes: object) -> SyntheticStudy:
+    """A ``modality`` series with a two-segment SEG and an MR series without one, in one study."""
     study_uid, frame_uid = new_uid(), new_uid()
-    images = _images(study_uid, new_uid(), "CT", frame_uid, seed, patient_id)
+    images = _images(study_uid, new_uid(), modality, frame_uid, seed, patient_id, **attributes)
     mr = _images(study_uid, new_uid(), "MR", frame_uid, seed + 1, patient_id)
     z, y, x = np.mgrid[0:SLICES, 0:ROWS, 0:COLUMNS]
     sphere = (z - 6) ** 2 / 9.0 + ((y - 12) ** 2 + (x - 14) ** 2) / 36.0 <= 1.0

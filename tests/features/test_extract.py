@@ -439,3 +439,13 @@ def test_rtstruct_rois_are_regions_and_a_broken_series_fails_alone(node: Node) -
     again = _run(node, {"cohort": "Modality=CT", "params": SETTINGS, "sr": True})
     assert again["result"]["computed"] == 0 and again["result"]["failed_count"] == 2  # retried, still broken
     assert again["result"]["sr"]["already_present"] == 2
+
+
+def test_pet_values_get_the_series_activity_unit(node: Node) -> None:
+    study = synthetic_study(seed=13, patient_id="PET1", modality="PT", Units="BQML", RescaleIntercept=0)
+    store_synthetic(node, study)
+    final = _run(node, {"cohort": "Modality=PT", "params": {"discretisation": {"bin_number": 16}}})
+    assert final["state"] == COMPLETED and final["result"]["computed"] == 2, final
+    region = node.extensions["features"].results(series_uid=study.ct_uid)[0]
+    units = {feature["key"]: feature["unit"] for feature in region["features"]}
+    assert units["stat_max"] == "Bq/mL" and units["morph_integ_int"] == "Bq/mL.mm3" and units["ih_mean"] == "1"
