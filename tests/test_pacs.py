@@ -378,6 +378,15 @@ def test_the_deployment_example_configures_a_pacs() -> None:
     assert (main.ae_title, main.host, main.port, main.method) == ("PACS01", "10.0.0.5", 104, "c-move")
     assert main.max_instances_per_second == 50 and str(main.window) == "20:00-06:00"
     assert main.available_methods() == ["c-move", "c-get", "wado-rs"]
+    # The other plug-ins' tables of the example parse too.
+    from gateway.ehr.mllp import MllpConfig
+    from gateway.ehr.resources import EhrConfig
+    from gateway.fhir.service import FhirConfig
+
+    settings = load_settings(example, environ={})
+    assert FhirConfig.from_section(settings.section("fhir")).mrn_system.startswith("urn:oid:")
+    assert MllpConfig.from_settings(settings).port == 2575
+    assert EhrConfig.from_settings(settings).timezone == "Europe/Madrid"
 
 
 @pytest.mark.parametrize(("table", "message"), [
