@@ -6,9 +6,10 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-import gateway.store.models  # noqa: F401 - registers the tables on SQLModel.metadata
-import gateway.features.models
+# Each import registers its tables on SQLModel.metadata.
+import gateway.features.models  # noqa: F401
 import gateway.fhir.models  # noqa: F401
+import gateway.store.models  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata
