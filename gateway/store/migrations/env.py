@@ -7,8 +7,8 @@ from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
 # Each import registers its tables on SQLModel.metadata.
-import gateway.features.models  # noqa: F401
-import gateway.fhir.models  # noqa: F401
+import gateway.features.models
+import gateway.fhir.models
 import gateway.store.models  # noqa: F401
 
 config = context.config
