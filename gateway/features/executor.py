@@ -70,8 +70,11 @@ def _run_pool(tasks: Iterator[SeriesTask], on_result: OnResult, check: Callable[
                     outcome = _failed(task, exc)
                 on_result(task, outcome)
             check()
-    finally:
+    except BaseException:
+        # Stopping: queued tasks are dropped and running ones finish on their own (nothing waits for them).
         executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
 
 
 def _client(scheduler: str, workers: int) -> tuple[Any, Any]:

@@ -449,3 +449,21 @@ def test_pet_values_get_the_series_activity_unit(node: Node) -> None:
     region = node.extensions["features"].results(series_uid=study.ct_uid)[0]
     units = {feature["key"]: feature["unit"] for feature in region["features"]}
     assert units["stat_max"] == "Bq/mL" and units["morph_integ_int"] == "Bq/mL.mm3" and units["ih_mean"] == "1"
+
+
+def test_a_cancelled_job_stops_between_series_and_resumes_later(node: Node) -> None:
+    for seed in range(3):
+        store_synthetic(node, synthetic_study(seed=20 + seed, patient_id=f"CAN{seed}"))
+    job = node.jobs.create(node, FEATURES_JOB, {"cohort": "Modality=CT", "params": SETTINGS})
+
+    def cancel_after_the_first_series(done: int, total: int | None, message: str) -> None:
+        if done == 2 and "stored" in message:
+            node.jobs.request_cancel(job["id"])
+            time.sleep(0.6)  # past the jobs service's interval between cancellation checks
+
+    cancelled = node.jobs.run(node, job["id"], cancel_after_the_first_series)
+    assert cancelled["state"] == "cancelled" and _counts(node)[0] == 2
+    node.jobs.make_resumable(job["id"])
+    final = node.jobs.run(node, job["id"])
+    assert final["state"] == COMPLETED
+    assert final["result"]["already_done"] == 2 and final["result"]["computed"] == 4 and _counts(node)[0] == 6
