@@ -253,3 +253,42 @@ def test_deploy_example_configuration_loads() -> None:
     settings = load_settings(example, environ={})
     assert settings.port == 8042 and settings.dimse_port == 11112 and settings.database_url
     assert str(settings.data_dir) == "/var/lib/gateway"
+
+
+def test_concurrent_single_stores_are_committed_in_groups(node: Node) -> None:
+    """C-STOREs arriving on parallel associations share commits, and each caller gets its own result."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from gateway.services.ingest import StoreResult
+    from gateway.store.models import Instance as StoredInstance
+
+    commits: list[int] = []
+    store_group = node.ingest.store_uploads
+
+    def counting(uploads: list[Path], expected_study_uid: str | None = None) -> list[StoreResult]:
+        commits.append(len(uploads))
+        time.sleep(0.05)  # a slow disk: the other associations' instances arrive meanwhile
+        return store_group(uploads, expected_study_uid)
+
+    node.ingest.store_uploads = counting  # type: ignore[method-assign]
+    payloads = [[make_instance(seed=thread * 10 + number, patient_id=f"P{thread}") for number in range(6)]
+                for thread in range(6)]
+    results: dict[int, list[StoreResult]] = {}
+
+    def sender(thread: int) -> None:
+        results[thread] = [node.ingest.store_upload_grouped(node.files.upload_from_bytes(data))
+                           for data in payloads[thread]]
+
+    threads = [threading.Thread(target=sender, args=(thread,)) for thread in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(result.status == "stored" for thread in range(6) for result in results[thread])
+    assert sum(commits) == 36 and max(commits) > 1
+    with node.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(StoredInstance)).scalar() == 36
+    again = node.ingest.store_upload_grouped(node.files.upload_from_bytes(payloads[0][0]))
+    assert again.status == "duplicate"

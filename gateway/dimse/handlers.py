@@ -186,7 +186,7 @@ def store_received(node: Node, event: Event) -> int | Dataset:
     except BaseException:
         upload.discard()
         raise
-    result = node.ingest.store_uploads([path])[0]
+    result = node.ingest.store_upload_grouped(path)
     if not result.ok:
         log.info("C-STORE of %s from %s refused: %s", request.AffectedSOPInstanceUID,
                  event.assoc.requestor.ae_title if event.assoc.is_acceptor else event.assoc.acceptor.ae_title,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,12 @@ def _data_set_digest(path: Path, meta: Any) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class _GroupedUpload:
+    path: Path
+    result: StoreResult | None = None
+
+
 class IngestService:
     def __init__(self, engine: Engine, files: FileStore, bulk_threshold: int = 1024) -> None:
         self.engine = engine
@@ -212,6 +219,9 @@ class IngestService:
         self.bulk_threshold = bulk_threshold
         self.stored_listeners: list[Callable[[StoredEvent], None]] = []
         self.deleted_listeners: list[Callable[[DeletedEvent], None]] = []
+        self._group = threading.Condition()
+        self._group_pending: list[_GroupedUpload] = []
+        self._group_committing = False
 
     # -- storing -------------------------------------------------------------------------------------------
 
@@ -221,6 +231,41 @@ class IngestService:
     def store_upload(self, path: Path, expected_study_uid: str | None = None) -> StoreResult:
         """Store one finished upload (a PS3.10 file in the tmp dir). The upload is consumed either way."""
         return self.store_uploads([path], expected_study_uid)[0]
+
+    def store_upload_grouped(self, path: Path) -> StoreResult:
+        """Store one upload, committed together with those other threads hand in meanwhile.
+
+        For senders of one instance per request (C-STORE): while one group is being made durable, the uploads
+        arriving on other associations wait and then go as the next group, so parallel associations share
+        the file-system sync and the index commit instead of queueing for one each. A lone caller is stored at
+        once, as by ``store_upload``.
+        """
+        mine = _GroupedUpload(path)
+        with self._group:
+            self._group_pending.append(mine)
+            while self._group_committing and mine.result is None:
+                self._group.wait()
+            if mine.result is not None:
+                return mine.result
+            self._group_committing = True
+            group, self._group_pending = self._group_pending, []
+        results: list[StoreResult] | None = None
+        try:
+            results = self.store_uploads([upload.path for upload in group])
+        except Exception as exc:  # the index is unreachable: every instance of the group is refused
+            log.exception("storing a group of uploads failed")
+            results = [StoreResult("failed", failure_reason=PROCESSING_FAILURE, message=f"processing failure: {exc}")
+                       for _ in group]
+        finally:
+            # Results and the end of this commit become visible together, so no waiter wakes to find neither.
+            with self._group:
+                for index, upload in enumerate(group):
+                    upload.result = (results[index] if results is not None else
+                                     StoreResult("failed", failure_reason=PROCESSING_FAILURE, message="interrupted"))
+                self._group_committing = False
+                self._group.notify_all()
+        assert mine.result is not None
+        return mine.result
 
     def store_uploads(self, uploads: list[Path], expected_study_uid: str | None = None) -> list[StoreResult]:
         """Store finished uploads as one group; each gets its own result and one failure spoils no other.
