@@ -1,8 +1,13 @@
 """Non-texture IBSI 1 feature families: reference values, backends against NumPy, degenerate and bad input.
 
 Reference values: the IBSI 1 digital phantom (always) and, where ../shared holds it, the IBSI lung-cancer CT
-phantom in configurations A-D (licence CC BY-NC, so it is not copied into the repository). Configuration E
-needs tricubic spline interpolation, which the resampling kernel does not offer.
+phantom in configurations A-E (licence CC BY-NC, so it is not copied into the repository).
+
+Configuration E (tricubic spline image interpolation) tells the candidate interpolants apart: the prefiltered
+(interpolating) cubic B-spline matches all 74 references; cubic convolution (Keys, a = -0.5) misses 16 of them
+(e.g. maximum intensity 369 vs 345 ± 9, discretised uniformity 0.191 vs 0.184 ± 0.001), the B-spline without
+prefilter (a smoothing approximation) 34 and trilinear interpolation 25. The boundary extension (edge padding
+or mirroring) cannot matter here: the mask lies 17 or more voxels inside the image.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ CT_CONFIGURATIONS: dict[str, dict[str, object]] = {
     "C": {"new_spacing": (2.0, 2.0, 2.0), "round_intensities": True, "resegment_range": (-1000.0, 400.0),
           "bin_width": 25.0, "ivh_bin_width": 2.5},
     "D": {"new_spacing": (2.0, 2.0, 2.0), "round_intensities": True, "outlier_sigma": 3.0, "bin_number": 32},
+    "E": {"new_spacing": (2.0, 2.0, 2.0), "image_interpolation": "cubic", "round_intensities": True,
+          "resegment_range": (-1000.0, 400.0), "outlier_sigma": 3.0, "bin_number": 32, "ivh_bin_number": 1000},
 }
 # The reference CSV has no math id for these, or shares one between two tables.
 _KEYS_BY_CAPTION = {
@@ -165,6 +172,8 @@ def test_backends_match_numpy_on_random_regions(backend: str, seed: int) -> None
         {"bin_width": 10.0, "resegment_range": (-150.0, None), "ivh_bin_width": 2.0},
         {"bin_number": 8, "new_spacing": (1.3, 1.1, 0.9), "outlier_sigma": 2.0, "ivh_bin_number": 50,
          "round_intensities": True},
+        {"bin_width": 7.0, "new_spacing": (0.8, 1.7, 1.2), "image_interpolation": "cubic", "outlier_sigma": 2.5,
+         "ivh_bin_width": 1.5},
     ]
     for option in options:
         expected = first_order_features(image, mask, spacing, backend="numpy", **option)  # type: ignore[arg-type]
@@ -282,6 +291,20 @@ def test_single_voxel_region(backend: str) -> None:
     assert values["ih_mean"] == 8.0  # a one-intensity region is bin Ng under fixed bin number
     assert values["loc_peak_local"] == values["loc_peak_global"]
     assert values["ivh_auc"] == 0.0 and values["ivh_v10"] == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_voxel_region_has_undefined_robust_deviations(backend: str) -> None:
+    # Two intensities far apart: P10 and P90 fall strictly between them, so no voxel is left for the robust
+    # mean absolute deviation (a two-voxel lesion after resampling and outlier filtering hit this).
+    image = np.zeros((3, 3, 4))
+    image[1, 1, 1], image[1, 1, 2] = 10.0, 50.0
+    mask = np.zeros(image.shape, dtype=bool)
+    mask[1, 1, 1:3] = True
+    values = {f.key: f.value for f in first_order_features(image, mask, (1.0, 1.0, 1.0), bin_number=8,
+                                                            backend=backend)}
+    assert math.isnan(values["stat_rmad"]) and math.isnan(values["ih_rmad"])
+    assert values["stat_mad"] == 20.0 and values["ih_mad"] == 3.5
 
 
 def test_constant_region_has_ibsi_zero_skewness_and_undefined_autocorrelation() -> None:

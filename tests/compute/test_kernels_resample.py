@@ -1,7 +1,7 @@
 """Resampling kernels: IBSI grid alignment, interpolation, backends against the NumPy reference, bad input.
 
-The IBSI CT-phantom configurations B and C (in-plane and 3-D resampling) are checked end to end in
-test_features_first_order.py.
+The IBSI CT-phantom configurations B and C (in-plane and 3-D resampling) and E (tricubic spline) are checked
+end to end in test_features_first_order.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 
 from gateway.compute.backend import gpu_unavailable_reason
 from gateway.compute.kernels.resample import (
+    interpolate_cubic,
     interpolate_linear,
     resample_image,
     resample_mask,
@@ -44,9 +45,11 @@ def test_grid_size_is_not_inflated_by_rounding() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_same_spacing_is_identity(backend: str) -> None:
+@pytest.mark.parametrize("method", ["linear", "cubic"])
+def test_same_spacing_is_identity(backend: str, method: str) -> None:
+    # The cubic spline passes through the samples only when its coefficients are prefiltered correctly.
     image = np.random.default_rng(1).normal(size=(5, 6, 7))
-    result = resample_image(image, (2.0, 1.0, 1.5), (2.0, 1.0, 1.5), backend=backend)
+    result = resample_image(image, (2.0, 1.0, 1.5), (2.0, 1.0, 1.5), method=method, backend=backend)  # type: ignore[arg-type]
     np.testing.assert_allclose(result, image, rtol=0, atol=1e-12)
 
 
@@ -63,6 +66,58 @@ def test_trilinear_reproduces_an_affine_image(backend: str) -> None:
     expected = (2.0 * clamped[0][:, None, None] - 0.5 * clamped[1][None, :, None]
                 + 3.0 * clamped[2][None, None, :] + 7.0)
     np.testing.assert_allclose(result, expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tricubic_reproduces_a_cubic_polynomial_away_from_the_border(backend: str) -> None:
+    # Cubic B-splines reproduce polynomials up to degree 3; the boundary padding disturbs the coefficients by
+    # a factor |sqrt(3) - 2| ~ 0.268 per voxel, so from 25 voxels in the error is below 0.268^25 of the scale.
+    spacing = (1.0, 1.0, 1.0)
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in (60, 60, 60)), indexing="ij")
+
+    def cubic(z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return 0.002 * x**3 - 0.05 * x * y + 0.01 * z**2 * y - 0.3 * z + 2.0
+
+    grid = resampled_grid(z.shape, spacing, (0.7, 0.9, 1.3))
+    window = grid.window_around((27, 27, 27), (32, 32, 32), z.shape)
+    result = resample_image(cubic(z, y, x), spacing, (0.7, 0.9, 1.3), method="cubic", window=window,
+                            backend=backend)
+    points = [grid.coordinates(axis, window[axis]) for axis in range(3)]
+    assert all(((p > 25) & (p < 34)).all() for p in points)
+    expected = cubic(*np.meshgrid(*points, indexing="ij"))
+    np.testing.assert_allclose(result, expected, rtol=0, atol=1e-9)
+
+
+def _cubic_spline_of_padded_line(line: np.ndarray, points: np.ndarray, pad: int = 60) -> np.ndarray:
+    """An independent 1-D definition: the interpolating cubic B-spline of ``line`` extended by its edge values,
+    from the banded interpolation system (c[k-1] + 4 c[k] + c[k+1]) / 6 = s[k] on a long padded line."""
+    from scipy.linalg import solve_banded
+
+    samples = np.pad(line, pad, mode="edge")
+    n = samples.size
+    bands = np.zeros((3, n))
+    bands[0, 1:] = bands[2, :-1] = 1.0 / 6.0
+    bands[1] = 4.0 / 6.0
+    bands[1, 0] = bands[1, -1] = 5.0 / 6.0  # symmetric ends; far enough away not to matter
+    coefficients = solve_banded((1, 1), bands, samples)
+
+    def basis(u: np.ndarray) -> np.ndarray:
+        u = np.abs(u)
+        return np.where(u < 1, 2.0 / 3.0 - u**2 + u**3 / 2, np.where(u < 2, (2 - u) ** 3 / 6, 0.0))
+
+    shifted = points + pad
+    base = np.floor(shifted).astype(np.int64)
+    return sum(coefficients[base + o] * basis(shifted - (base + o)) for o in range(-1, 3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tricubic_is_the_spline_of_the_boundary_padded_image(backend: str) -> None:
+    rng = np.random.default_rng(4)
+    line = rng.normal(size=9) * 50
+    # Points up to half a voxel beyond either border (as far as an IBSI grid reaches), and in between.
+    points = np.concatenate([[-0.5, -0.31, 0.0], rng.uniform(0, 8, size=20), [8.0, 8.2, 8.5]])
+    result = interpolate_cubic(line.reshape(1, 1, -1), [np.zeros(1), np.zeros(1), points], backend=backend)
+    np.testing.assert_allclose(result[0, 0], _cubic_spline_of_padded_line(line, points), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -93,13 +148,29 @@ def test_partial_volume_mask_keeps_half_covered_voxels(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_window_equals_slice_of_full_result(backend: str) -> None:
+@pytest.mark.parametrize("method", ["linear", "cubic"])
+def test_window_equals_slice_of_full_result(backend: str, method: str) -> None:
     rng = np.random.default_rng(2)
     image = rng.normal(size=(12, 15, 11))
-    full = resample_image(image, (2.5, 0.9, 1.3), (1.0, 1.0, 1.0), backend=backend)
+    full = resample_image(image, (2.5, 0.9, 1.3), (1.0, 1.0, 1.0), method=method, backend=backend)  # type: ignore[arg-type]
     window = (slice(3, 17), slice(0, 5), slice(6, 14))
-    part = resample_image(image, (2.5, 0.9, 1.3), (1.0, 1.0, 1.0), window=window, backend=backend)
+    part = resample_image(image, (2.5, 0.9, 1.3), (1.0, 1.0, 1.0), method=method, window=window,  # type: ignore[arg-type]
+                          backend=backend)
     np.testing.assert_allclose(part, full[window], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cubic_window_in_a_large_image_reads_only_its_neighbourhood(backend: str) -> None:
+    # The spline depends on every voxel, but beyond the margin read by interpolate_cubic the dependence is
+    # below 0.268^30 of the intensity scale: a NaN far away is ignored and the values equal the full result.
+    rng = np.random.default_rng(5)
+    image = rng.normal(size=(40, 80, 90)) * 300
+    spacing, new = (3.0, 1.0, 1.0), (2.0, 2.0, 2.0)
+    window = (slice(20, 24), slice(18, 22), slice(3, 7))
+    full = resample_image(image, spacing, new, method="cubic", backend="numpy")
+    image[:, 78:, :] = np.nan
+    part = resample_image(image, spacing, new, method="cubic", window=window, backend=backend)
+    np.testing.assert_allclose(part, full[window], rtol=0, atol=1e-9)
 
 
 def test_window_around_covers_every_affected_point() -> None:
@@ -126,7 +197,7 @@ def test_backends_match_numpy_on_random_volumes(backend: str, seed: int) -> None
     new_spacing = tuple(float(s) for s in rng.uniform(0.5, 3.0, size=3))
     image = rng.normal(size=shape) * 100
     mask = rng.random(shape) > 0.5
-    for method in ("linear", "nearest"):
+    for method in ("linear", "cubic", "nearest"):
         expected = resample_image(image, spacing, new_spacing, method=method, backend="numpy")
         result = resample_image(image, spacing, new_spacing, method=method, backend=backend)
         np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-9)
@@ -161,7 +232,7 @@ def test_bad_masks_and_arguments_are_rejected() -> None:
     with pytest.raises(ValueError, match="threshold"):
         resample_mask(np.ones((3, 3, 3), bool), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5), threshold=0.0)
     with pytest.raises(ValueError, match="interpolation"):
-        resample_image(np.zeros((3, 3, 3)), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5), method="cubic")  # type: ignore[arg-type]
+        resample_image(np.zeros((3, 3, 3)), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5), method="quadratic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="selects no point"):
         resample_image(np.zeros((3, 3, 3)), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5),
                        window=(slice(7, 7), slice(None), slice(None)))

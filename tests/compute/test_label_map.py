@@ -86,11 +86,24 @@ def test_every_backend_and_the_per_lesion_fallbacks_agree(backend: str) -> None:
     # Resampling and 2-D aggregations take the per-lesion path (texture per lesion on the batched path).
     image, labels, spacing = random_label_map(7)
     for options in ({"bin_number": 12, "texture_aggregations": ALL_AGGREGATIONS},
-                    {"bin_width": 12.0, "new_spacing": (1.5, 1.2, 1.0), "round_intensities": True}):
+                    {"bin_width": 12.0, "new_spacing": (1.5, 1.2, 1.0), "round_intensities": True},
+                    {"bin_number": 10, "new_spacing": (1.1, 1.6, 1.3), "image_interpolation": "cubic",
+                     "mask_interpolation": "nearest", "texture_aggregations": ("3D merged",)}):
         table = extract_label_map_features(image, labels, spacing, backend=backend, **options)  # type: ignore[arg-type]
         for label in table.labels:
             expected = extract_features(image, labels == label, spacing, backend="numpy", **options)  # type: ignore[arg-type]
             assert_same(table.features(label), expected, f"{backend}, {options}, label {label}")
+
+
+def test_two_voxel_lesion_on_the_batched_path() -> None:
+    image, labels, spacing = random_label_map(2)
+    lesion = int(labels.max()) + 1
+    labels[-1, -1, -3:-1] = lesion
+    image[-1, -1, -3:-1] = [-200.0, 300.0]  # nothing between P10 and P90: robust deviations are NaN
+    table = extract_label_map_features(image, labels, spacing, backend="numba", bin_number=8)
+    expected = extract_features(image, labels == lesion, spacing, backend="numpy", bin_number=8)
+    assert_same(table.features(lesion), expected, "two-voxel lesion")
+    assert math.isnan(table.as_dict(lesion)["ih_rmad"])
 
 
 def test_label_selection_and_table_access() -> None:

@@ -174,7 +174,8 @@ def histogram_values(counts: np.ndarray, out: np.ndarray) -> None:
         if p10 <= k + 1.0 <= p90:
             central_count += counts[k]
             central_sum += (k + 1.0) * counts[k]
-    central_mean = central_sum / central_count
+    # Two occupied bins far apart leave none in [P10, P90]: the robust deviation is undefined (NaN).
+    central_mean = central_sum / central_count if central_count > 0 else 0.0
     robust = mad = medad = entropy = uniformity = 0.0
     for k in range(n_bins):
         p = counts[k] / total
@@ -194,7 +195,8 @@ def histogram_values(counts: np.ndarray, out: np.ndarray) -> None:
             gradient[k] = (counts[k + 1] - counts[k - 1]) / 2.0
     values = (
         mean, variance, skewness, kurtosis, median, minimum, p10, p90, maximum, mode, p75 - p25,
-        maximum - minimum, mad, robust / central_count, medad, math.sqrt(variance) / mean,
+        maximum - minimum, mad, robust / central_count if central_count > 0 else math.nan, medad,
+        math.sqrt(variance) / mean,
         (p75 - p25) / (p75 + p25), entropy, uniformity, gradient.max(), np.argmax(gradient) + 1.0,
         gradient.min(), np.argmin(gradient) + 1.0,
     )

@@ -94,9 +94,11 @@ def histogram_feature_values(counts: np.ndarray) -> np.ndarray:
     fullest = np.flatnonzero(counts == counts.max()) + 1.0
     mode = float(fullest[np.argmin(np.abs(fullest - mean))])
 
-    central = (grey >= p10) & (grey <= p90)
-    central_mean = float((grey[central] * counts[central]).sum() / counts[central].sum())
-    robust_mad = float((np.abs(grey[central] - central_mean) * counts[central]).sum() / counts[central].sum())
+    central = (grey >= p10) & (grey <= p90) & (counts > 0)
+    robust_mad = math.nan  # two occupied bins far apart leave none in [P10, P90]: undefined
+    if central.any():
+        central_mean = float((grey[central] * counts[central]).sum() / counts[central].sum())
+        robust_mad = float((np.abs(grey[central] - central_mean) * counts[central]).sum() / counts[central].sum())
 
     occupied = p[p > 0]
     gradient = _histogram_gradient(counts)

@@ -80,7 +80,8 @@ def _statistics_array(xp: ModuleType, values: Any) -> Any:
     p10, p25, median, p75, p90 = (float(q) for q in quantiles)
     minimum, maximum = float(values.min()), float(values.max())
     central = values[(values >= p10) & (values <= p90)]
-    robust_mad = xp.abs(central - central.mean()).mean()
+    # Two distinct values leave none in [P10, P90]: the robust deviation is undefined.
+    robust_mad = xp.abs(central - central.mean()).mean() if central.size else math.nan
     energy = (values**2).sum()
     return np.array([
         float(mean), float(variance), float(skewness), float(kurtosis), median, minimum, p10, p90, maximum,
@@ -125,17 +126,20 @@ def _statistics_numba(values: np.ndarray) -> np.ndarray:
     # The values in [P10, P90] form one contiguous run of the sorted array.
     first = np.searchsorted(ordered, p10, side="left")
     last = np.searchsorted(ordered, p90, side="right")
-    central_mean = ordered[first:last].mean()
-    robust = 0.0
-    for k in range(first, last):
-        robust += abs(ordered[k] - central_mean)
+    robust = math.nan  # as in _statistics_array
+    if last > first:
+        central_mean = ordered[first:last].mean()
+        robust = 0.0
+        for k in range(first, last):
+            robust += abs(ordered[k] - central_mean)
+        robust /= last - first
     median_absolute = 0.0
     for x in ordered:
         median_absolute += abs(x - median)
     std = math.sqrt(variance)
     return np.array([
         mean, variance, skewness, kurtosis, median, ordered[0], p10, p90, ordered[n - 1], p75 - p25,
-        ordered[n - 1] - ordered[0], absolute / n, robust / (last - first), median_absolute / n,
+        ordered[n - 1] - ordered[0], absolute / n, robust, median_absolute / n,
         std / mean if mean != 0 else math.nan,
         (p75 - p25) / (p75 + p25) if p75 + p25 != 0 else math.nan,
         energy, math.sqrt(energy / n),

@@ -51,6 +51,7 @@ from gateway.compute.features.texture import (
 )
 from gateway.compute.features.texture.aggregation import directional_aggregations, non_directional_aggregations
 from gateway.compute.kernels.arrays import as_spacing, bounding_box, require_finite
+from gateway.compute.kernels.resample import ImageInterpolation, MaskInterpolation
 
 _BATCHED_DIRECTIONAL = ("3D averaged", "3D merged")
 
@@ -117,6 +118,9 @@ def extract_label_map_features(
     ivh_bin_width: float | None = None,
     ivh_bin_number: int | None = None,
     new_spacing: Sequence[float | None] | None = None,
+    image_interpolation: ImageInterpolation = "linear",
+    mask_interpolation: MaskInterpolation = "partial_volume",
+    partial_volume_threshold: float = 0.5,
     round_intensities: bool = False,
     resegment_range: IntensityRange | None = None,
     outlier_sigma: float | None = None,
@@ -150,7 +154,9 @@ def extract_label_map_features(
     aggregations = tuple(texture_aggregations)
     options = {
         "bin_number": bin_number, "bin_width": bin_width, "ivh_bin_width": ivh_bin_width,
-        "ivh_bin_number": ivh_bin_number, "new_spacing": new_spacing, "round_intensities": round_intensities,
+        "ivh_bin_number": ivh_bin_number, "new_spacing": new_spacing, "image_interpolation": image_interpolation,
+        "mask_interpolation": mask_interpolation, "partial_volume_threshold": partial_volume_threshold,
+        "round_intensities": round_intensities,
         "resegment_range": resegment_range, "outlier_sigma": outlier_sigma, "texture_aggregations": aggregations,
     }
 

@@ -81,6 +81,7 @@ def prepare_region(image: Any, mask: Any, spacing: Sequence[float], *,
     """Validate, crop, (resample,) round and re-segment; see the module docstring.
 
     ``new_spacing`` entries of None keep that axis (``(None, 2, 2)``: in-plane interpolation only).
+    ``image_interpolation`` "cubic" is IBSI's tricubic spline (configuration E), see resample.interpolate_cubic.
     ``resegment_range`` is ``(lower, upper)`` with None for an open side; ``outlier_sigma`` adds the outlier
     rule mean ± sigma sd (IBSI: 3), taken over the morphological mask; both together keep the intersection.
     Raises ValueError for malformed input (shapes, spacing, empty mask, NaN near the ROI) and when
@@ -203,6 +204,9 @@ def first_order_features(
     ivh_bin_width: float | None = None,
     ivh_bin_number: int | None = None,
     new_spacing: Sequence[float | None] | None = None,
+    image_interpolation: ImageInterpolation = "linear",
+    mask_interpolation: MaskInterpolation = "partial_volume",
+    partial_volume_threshold: float = 0.5,
     round_intensities: bool = False,
     resegment_range: IntensityRange | None = None,
     outlier_sigma: float | None = None,
@@ -218,6 +222,9 @@ def first_order_features(
         ivh_bin_width=ivh_bin_width,
         ivh_bin_number=ivh_bin_number,
         new_spacing=new_spacing,
+        image_interpolation=image_interpolation,
+        mask_interpolation=mask_interpolation,
+        partial_volume_threshold=partial_volume_threshold,
         round_intensities=round_intensities,
         resegment_range=resegment_range,
         outlier_sigma=outlier_sigma,
@@ -236,6 +243,9 @@ def extract_features(
     ivh_bin_width: float | None = None,
     ivh_bin_number: int | None = None,
     new_spacing: Sequence[float | None] | None = None,
+    image_interpolation: ImageInterpolation = "linear",
+    mask_interpolation: MaskInterpolation = "partial_volume",
+    partial_volume_threshold: float = 0.5,
     round_intensities: bool = False,
     resegment_range: IntensityRange | None = None,
     outlier_sigma: float | None = None,
@@ -248,8 +258,9 @@ def extract_features(
     one of ``bin_number`` (fixed bin number) and ``bin_width`` (fixed bin size) and are left out without
     either. The IVH uses the intensities as they are (discrete calibrated, e.g. CT) unless ``ivh_bin_width``
     (continuous calibrated, e.g. PET) or ``ivh_bin_number`` (arbitrary units, e.g. MRI) is given.
-    ``new_spacing``, ``round_intensities``, ``resegment_range`` and ``outlier_sigma`` as for prepare_region;
-    for its other options call prepare_region and region_first_order_features directly.
+    ``new_spacing``, ``image_interpolation`` ("linear", "cubic" for IBSI's tricubic spline, or "nearest"),
+    ``mask_interpolation``, ``partial_volume_threshold``, ``round_intensities``, ``resegment_range`` and
+    ``outlier_sigma`` as for prepare_region; the interpolation options matter only with ``new_spacing``.
     ``texture_aggregations``: the texture aggregation methods (see gateway.compute.features.texture); empty
     for none.
 
@@ -267,6 +278,9 @@ def extract_features(
         mask,
         spacing,
         new_spacing=new_spacing,
+        image_interpolation=image_interpolation,
+        mask_interpolation=mask_interpolation,
+        partial_volume_threshold=partial_volume_threshold,
         round_intensities=round_intensities,
         resegment_range=resegment_range,
         outlier_sigma=outlier_sigma,
