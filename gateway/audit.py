@@ -1,7 +1,7 @@
-"""Audit lines of the DIMSE face: one structured line per association and per query or retrieve.
+"""Audit lines of every protocol face (DIMSE associations and queries, upstream PACS pulls, HL7 messages, ...).
 
 Lines go to the ``gateway.audit`` logger as ``event=... key=value ...``, values quoted when they hold spaces,
-quotes or '=' so that a log shipper can split them without knowing DICOM.
+quotes or '=' so that a log shipper can split them without knowing DICOM or HL7.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ def _quote(value: object) -> str:
 
 
 def audit(event: str, **fields: object) -> None:
-    """Log one audit line; fields that are None are left out."""
+    """Log one audit line; fields that are None or empty are left out."""
     if not audit_log.isEnabledFor(logging.INFO):
         return
-    parts = [f"event={event}"] + [f"{key}={_quote(value)}" for key, value in fields.items() if value is not None]
+    parts = [f"event={event}"] + [f"{key}={_quote(value)}" for key, value in fields.items()
+                                  if value is not None and value != ""]
     audit_log.info(" ".join(parts))

@@ -37,9 +37,9 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from gateway.audit import audit
 from gateway.dicom.status import OUT_OF_RESOURCES, PROCESSING_FAILURE
 from gateway.dicom.tags import tag_hex
-from gateway.dimse.audit import audit
 from gateway.dimse.identifiers import (
     SERIES_INSTANCE_UID,
     SOP_INSTANCE_UID,

@@ -25,10 +25,10 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.audit import audit
 from gateway.config import ConfigError, Settings
 from gateway.ehr.ack import ErrorDetail, build_ack
 from gateway.ehr.hl7v2 import MLLPDecoder, frame
-from gateway.ehr.service import audit
 
 if TYPE_CHECKING:
     from gateway.ehr.service import EhrService

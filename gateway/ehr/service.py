@@ -7,7 +7,6 @@ transaction committed.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import Counter
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.audit import audit
 from gateway.ehr import hl7v2
 from gateway.ehr.ack import ErrorDetail, build_ack
 from gateway.ehr.csv_mapping import RowError, RowMapper, load_mapping
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from gateway.node import Node
 
 log = logging.getLogger(__name__)
-audit_log = logging.getLogger("gateway.audit")
 
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
 PROCESSING_IDS = ("P", "T", "D")
@@ -72,19 +71,6 @@ def fhir_error_text(exc: BaseException) -> str:
         if any(texts):
             return "; ".join(t for t in texts if t)
     return str(exc) or type(exc).__name__
-
-
-def _audit_value(value: object) -> str:
-    text = str(value)
-    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
-        return text
-    return json.dumps(text, ensure_ascii=False)
-
-
-def audit(event: str, **fields: object) -> None:
-    if audit_log.isEnabledFor(logging.INFO):
-        audit_log.info(" ".join([f"event={event}"] + [f"{key}={_audit_value(value)}" for key, value in fields.items()
-                                                      if value not in (None, "")]))
 
 
 @dataclass

@@ -44,8 +44,8 @@ from pynetdicom.sop_class import (
 )
 
 from gateway import __version__
+from gateway.audit import audit
 from gateway.dicom.tags import tag_hex
-from gateway.dimse.audit import audit
 from gateway.dimse.handlers import IMPLEMENTATION_CLASS_UID, MAX_PRESENTATION_CONTEXTS, set_tcp_nodelay, store_received
 from gateway.node import Node
 from gateway.pacs.config import UpstreamPacs
