@@ -10,8 +10,8 @@ lesion's bounding box; each lesion is cropped with the margin the local intensit
 prepare_region crops); then a single parallel kernel (``_label_map_numba.lesion_features``) computes, lesion
 by lesion on each thread, everything that loops over voxels: statistics, histograms, local intensity peaks,
 the pairwise Moran/Geary sums and all six texture families in 3-D with their features. Python is left only
-with what needs scikit-image and Qhull (the surface mesh and the convex hull) and the FFT form of Moran's
-I/Geary's C for lesions where it is the cheaper one.
+with the surface mesh (scikit-image), the convex hull (its own Numba kernel, per lesion) and the FFT form of
+Moran's I/Geary's C for lesions where it is the cheaper one.
 
 Resampling, texture aggregations other than "3D averaged"/"3D merged" ("3D" for the others) and the NumPy and
 CuPy backends take the per-lesion path (``extract_features``, the CuPy kernels per lesion), so every option

@@ -6,11 +6,13 @@ Centre-of-mass shift, integrated intensity, Moran's I and Geary's C also use the
 "ROI morphological and intensity masks").
 
 Costly parts have NumPy (reference), Numba and CuPy versions: Moran's I and Geary's C (every pair of voxels)
-and the maximum 3-D diameter (every pair of convex-hull vertices). The pair sums of Moran's I and Geary's C
-also have an exact O(n log n) form: the weight 1/distance depends only on the displacement between two voxels
-of the regular grid, so each sum over pairs is a sum over displacements of the weight times an
-autocorrelation, computed with FFTs (see _moran_geary_sums_fft). It gives the same values to rounding error and
-is what ``moran_method="auto"`` uses wherever it is the cheaper of the two (all but small regions).
+and the maximum 3-D diameter (every pair of convex-hull vertices); the convex hull itself is one Numba
+Quickhull (gateway.compute.kernels.hull) for every backend, which spares each process the import of Qhull. The
+pair sums of Moran's I and Geary's C also have an exact O(n log n) form: the weight 1/distance depends only on
+the displacement between two voxels of the regular grid, so each sum over pairs is a sum over displacements of
+the weight times an autocorrelation, computed with FFTs (see _moran_geary_sums_fft). It gives the same values
+to rounding error and is what ``moran_method="auto"`` uses wherever it is the cheaper of the two (all but
+small regions).
 
 Values the definitions leave undefined for degenerate regions are NaN: elongation, flatness and the
 approximate-enclosing-ellipsoid densities of a single voxel (all principal axes 0), Moran's I and Geary's C of
@@ -45,6 +47,7 @@ from gateway.compute.kernels.arrays import (
     to_device,
     to_host,
 )
+from gateway.compute.kernels.hull import convex_hull
 
 FAMILY = "Morphological features"
 MoranMethod = Literal["auto", "pairwise", "fft"]
@@ -167,10 +170,8 @@ def morphology_values(volume: np.ndarray, morph: np.ndarray, intensity: np.ndarr
     com_shift = (float(np.linalg.norm(geometric_centre - (values @ intensity_points) / intensity_sum))
                  if intensity_sum != 0 else math.nan)
 
-    from scipy.spatial import ConvexHull
-
     candidates = hull_vertex_candidates(mesh.vertices)
-    hull = ConvexHull(candidates)
+    hull = convex_hull(candidates)
     hull_points = np.ascontiguousarray(candidates[hull.vertices])
     diameter = max_pairwise_distance(hull_points, backend=backend)
 
@@ -216,7 +217,7 @@ def hull_vertex_candidates(points: np.ndarray) -> np.ndarray:
 
     A point strictly between two others on a line is their convex combination, so it is no hull vertex and
     dropping it changes neither the hull nor its volume, area and vertices. Marching-cubes vertices lie on
-    grid edges, so such lines hold many points: this leaves Qhull a fraction of the surface to examine.
+    grid edges, so such lines hold many points: this leaves the hull a fraction of the surface to examine.
     """
     keep = np.ones(points.shape[0], dtype=bool)
     for axis in range(3):
