@@ -2,10 +2,13 @@
 
 Ingest only marks studies dirty (the stored/deleted listeners add a UID to a set): storing thousands of
 instances costs nothing here. Before any FHIR interaction ``sync()`` rebuilds what changed: the studies marked
-in this process, and those whose ``study.updated_at`` moved past this process's watermark (stores made by
-other processes: other gateway workers, the DIMSE listener, ``gateway import``). A read right after STOW-RS
-therefore already sees the new instances. The ImagingStudy id is the StudyInstanceUID (a valid FHIR id), so
-two processes rebuilding the same study write the same resource.
+in this process, studies deleted by any process (``fhir_imaging_pending``), and those whose ``study.updated_at``
+is past the watermark (stores made by other processes: other gateway workers, the DIMSE listener,
+``gateway import``). The watermark is shared (``fhir_sync_state``) and advanced with each batch of rebuilds, so
+a process reads only what changed since the last sync any process completed, never the whole store again; only
+the very first sync of a database reads every study, in batches. A read right after STOW-RS therefore already
+sees the new instances. The ImagingStudy id is the StudyInstanceUID (a valid FHIR id), so two processes
+rebuilding the same study write the same resource.
 
 The Patient: DICOM PatientID (+ IssuerOfPatientID, mapped to an identifier system by ``[fhir]``) is looked up
 in Patient.identifier; the EHR's Patient with that MRN is used when it exists, otherwise one is created from
@@ -22,11 +25,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.fhir import repository
-from gateway.fhir.models import FhirImagingLink
+from gateway.fhir.models import FhirImagingLink, FhirImagingPending, FhirSyncState
 from gateway.services.ingest import DeletedEvent, StoredEvent
 from gateway.store.models import Instance, Series, Study
 
@@ -42,6 +45,10 @@ BODY_PART_TABLE = Path(__file__).resolve().parents[2] / "mappings" / "body_part_
 # Commits of concurrent writers can land out of updated_at order; re-examining this much before the
 # watermark (cheaply: unchanged studies are skipped by comparing updated_at) catches the late ones.
 WATERMARK_MARGIN = timedelta(seconds=5)
+WATERMARK_KEY = "imaging-study-watermark"
+# Studies examined (and at most rebuilt) per transaction: memory stays flat and the FHIR write lock is held only
+# for one batch at a time, however large the store a first sync meets.
+BATCH_SIZE = 200
 
 
 def load_body_part_table(path: Path = BODY_PART_TABLE) -> dict[str, tuple[str, str]]:
@@ -123,6 +130,10 @@ class ImagingSync:
         self._sync_lock = threading.Lock()
         self._watermark: datetime | None = None
         self._endpoint_ready = False
+        self.batch_size = BATCH_SIZE
+        # Study rows read by the watermark scans since this process started: what a sync costs grows with this,
+        # so it is what shows that a process does not rescan the store (tests read it).
+        self.examined = 0
 
     # -- listeners (called on the ingest path: they must stay O(1)) ---------------------------------------
 
@@ -133,6 +144,17 @@ class ImagingSync:
     def on_deleted(self, event: DeletedEvent) -> None:
         with self._dirty_lock:
             self._dirty.add(event.study_instance_uid)
+        # Another process may serve the next FHIR request, and a study deleted whole leaves nothing its watermark
+        # scan could find: record it where every process looks. Deletes are rare, one small write is cheap.
+        pending = FhirImagingPending.__table__  # type: ignore[attr-defined]
+        try:
+            with self.service.writing() as session:
+                found = session.execute(select(pending.c.study_instance_uid).where(
+                    pending.c.study_instance_uid == event.study_instance_uid)).first()
+                if found is None:
+                    session.execute(insert(pending).values(study_instance_uid=event.study_instance_uid))
+        except Exception:  # the listener must not fail the delete; this process still has it in its dirty set
+            log.exception("could not record deleted study %s for the ImagingStudy sync", event.study_instance_uid)
 
     # -- sync ----------------------------------------------------------------------------------------------
 
@@ -149,37 +171,98 @@ class ImagingSync:
                 raise
 
     def _sync(self, dirty: set[str]) -> int:
+        """Examine the studies updated since the newest watermark any process recorded, batch by batch.
+
+        The watermark (``fhir_sync_state``) is advanced in the same transaction as the rebuilds it covers, so a
+        process that stops half-way leaves a consistent point to continue from, and a process starting on a
+        store that others already synced reads only the last few seconds of changes.
+        """
         study = Study.__table__  # type: ignore[attr-defined]
         link = FhirImagingLink.__table__  # type: ignore[attr-defined]
+        pending_table = FhirImagingPending.__table__  # type: ignore[attr-defined]
+        state = FhirSyncState.__table__  # type: ignore[attr-defined]
         with self.service.reading() as session:
-            query = select(study.c.study_instance_uid, study.c.updated_at)
-            if self._watermark is not None:
-                query = query.where(study.c.updated_at > self._watermark - WATERMARK_MARGIN)
-            changed = {uid: updated for uid, updated in session.execute(query)}
-            linked: dict[str, str] = {}
-            uids = list(changed)
-            for start in range(0, len(uids), 500):
-                rows = session.execute(select(link.c.study_instance_uid, link.c.study_updated_at).where(
-                    link.c.study_instance_uid.in_(uids[start:start + 500]))).all()
-                linked.update((row[0], row[1]) for row in rows)
+            stored_mark = session.execute(select(state.c.value).where(state.c.name == WATERMARK_KEY)).scalar()
+            pending = set(session.execute(select(pending_table.c.study_instance_uid)).scalars())
             orphans: set[str] = set()
-            if self._watermark is None:  # first sync of this process: also studies deleted while it was away
-                all_links = set(session.execute(select(link.c.study_instance_uid)).scalars())
-                orphans = all_links - set(changed)
-        todo = {uid for uid, updated in changed.items() if linked.get(uid) != str(updated)} | dirty | orphans
-        if changed:
-            newest = max(_aware(value) for value in changed.values())
-            self._watermark = newest if self._watermark is None else max(self._watermark, newest)
-        elif self._watermark is None:
+            if stored_mark is None and self._watermark is None:
+                # No process has ever synced this database (or it predates the watermark): links to studies
+                # that are gone can only be found by looking at them all, once.
+                orphans = set(session.execute(select(link.c.study_instance_uid).where(
+                    ~select(study.c.pk).where(study.c.study_instance_uid == link.c.study_instance_uid)
+                    .exists())).scalars())
+        shared = datetime.fromisoformat(stored_mark) if stored_mark else None
+        rebuilt = 0
+        forced = sorted(dirty | pending | orphans)
+        for start in range(0, len(forced), self.batch_size):
+            chunk = forced[start:start + self.batch_size]
+            with self.service.writing() as session:
+                self._ensure_endpoint(session)
+                for uid in chunk:
+                    self._rebuild(session, uid)
+                done = [uid for uid in chunk if uid in pending]
+                if done:
+                    session.execute(delete(pending_table).where(pending_table.c.study_instance_uid.in_(done)))
+            rebuilt += len(chunk)
+        begin = max((m for m in (self._watermark, shared) if m is not None), default=None)
+        cursor: tuple[datetime, int] | None = (begin - WATERMARK_MARGIN, 0) if begin is not None else None
+        while True:
+            query = select(study.c.pk, study.c.study_instance_uid, study.c.updated_at) \
+                .order_by(study.c.updated_at, study.c.pk).limit(self.batch_size)
+            if cursor is not None:
+                query = query.where(or_(study.c.updated_at > cursor[0],
+                                        and_(study.c.updated_at == cursor[0], study.c.pk > cursor[1])))
+            with self.service.reading() as session:
+                rows = session.execute(query).all()
+                self.examined += len(rows)
+                changed = {row.study_instance_uid: str(row.updated_at) for row in rows}
+                linked = self._links(session, list(changed))
+            newest = _aware(rows[-1].updated_at) if rows else None
+            todo = {uid for uid, updated in changed.items() if linked.get(uid) != updated}
+            advance = newest is not None and (shared is None or newest > shared)
+            if todo or advance or not self._endpoint_ready:
+                with self.service.writing() as session:
+                    self._ensure_endpoint(session)
+                    # Another process may have rebuilt some of these since they were read: skip what it did.
+                    current = self._links(session, sorted(todo))
+                    uids = sorted(uid for uid in todo if current.get(uid) != changed[uid])
+                    for uid in uids:
+                        self._rebuild(session, uid)
+                    if advance:
+                        assert newest is not None
+                        self._advance(session, newest)
+                rebuilt += len(uids)
+                if advance:
+                    shared = newest
+            if newest is not None:
+                self._watermark = newest if self._watermark is None else max(self._watermark, newest)
+            if len(rows) < self.batch_size:
+                break
+            cursor = (rows[-1].updated_at, rows[-1].pk)
+        if self._watermark is None:  # an empty store: later studies are newer than now
             self._watermark = datetime.now(UTC) - WATERMARK_MARGIN
-        if not todo and self._endpoint_ready:
-            return 0
-        uids = sorted(todo)
-        with self.service.writing() as session:
-            self._ensure_endpoint(session)
-            for uid in uids:
-                self._rebuild(session, uid)
-        return len(uids)
+        return rebuilt
+
+    @staticmethod
+    def _links(session: Session, uids: list[str]) -> dict[str, str]:
+        link = FhirImagingLink.__table__  # type: ignore[attr-defined]
+        linked: dict[str, str] = {}
+        for start in range(0, len(uids), 500):
+            rows = session.execute(select(link.c.study_instance_uid, link.c.study_updated_at).where(
+                link.c.study_instance_uid.in_(uids[start:start + 500]))).all()
+            linked.update((row[0], row[1]) for row in rows)
+        return linked
+
+    @staticmethod
+    def _advance(session: Session, newest: datetime) -> None:
+        """Move the shared watermark forward (never back: another process may be further already)."""
+        state = FhirSyncState.__table__  # type: ignore[attr-defined]
+        current = session.execute(select(state.c.value).where(state.c.name == WATERMARK_KEY)).scalar()
+        text = newest.astimezone(UTC).isoformat()
+        if current is None:
+            session.execute(insert(state).values(name=WATERMARK_KEY, value=text))
+        elif datetime.fromisoformat(current) < newest:
+            session.execute(update(state).where(state.c.name == WATERMARK_KEY).values(value=text))
 
     def _ensure_endpoint(self, session: Session) -> None:
         address = self.service.site_root + "/dicomweb"

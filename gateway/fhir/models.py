@@ -127,3 +127,24 @@ class FhirImagingLink(SQLModel, table=True):
     study_instance_uid: str = Field(max_length=64, primary_key=True)
     study_updated_at: str = Field(default="", max_length=40)
     patient_res_id: str = Field(default="", max_length=64)
+
+
+class FhirSyncState(SQLModel, table=True):
+    """Named progress markers shared by all processes (one row each), e.g. how far the ImagingStudy sync got."""
+
+    __tablename__ = "fhir_sync_state"
+
+    name: str = Field(max_length=64, primary_key=True)
+    value: str = Field(default="", max_length=64)
+
+
+class FhirImagingPending(SQLModel, table=True):
+    """Studies deleted by some process and not yet reflected in their ImagingStudy.
+
+    A deleted study leaves no row whose updated_at a watermark scan could find, so the deleting process records
+    it here and whichever process syncs next takes it.
+    """
+
+    __tablename__ = "fhir_imaging_pending"
+
+    study_instance_uid: str = Field(max_length=64, primary_key=True)

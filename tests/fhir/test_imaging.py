@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import requests
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from gateway.fhir.service import DEFAULT_MRN_SYSTEM, FhirConfig
-from tests.conftest import ADMIN_TOKEN
+import pytest
+import requests
+from sqlalchemy import update
+
+from gateway.fhir.errors import FhirError
+from gateway.fhir.service import DEFAULT_MRN_SYSTEM, FhirConfig, FhirService
+from gateway.node import Node
+from gateway.store.models import Study
+from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.dicom_factory import make_instance, multipart_body, new_uid, stow_headers
 from tests.fhir.conftest import FhirClient
 
@@ -99,3 +107,88 @@ def test_issuer_of_patient_id_chooses_the_identifier_system() -> None:
     assert config.identifier_system("HOSP_B") == "urn:oid:9.8.7"
     assert config.identifier_system("2.16.840.1.113883.3.1") == "urn:oid:2.16.840.1.113883.3.1"
     assert config.identifier_system("UNKNOWN") == "urn:oid:1.2.3.4"
+
+
+def _backdated_studies(node: Node, count: int, prefix: str) -> list[str]:
+    """Studies as a hospital's existing store holds them: last changed an hour ago, a minute apart."""
+    uids = [new_uid() for _ in range(count)]
+    for number, uid in enumerate(uids):
+        result = node.ingest.store_bytes(make_instance(study_uid=uid, patient_id=f"{prefix}{number}"))
+        assert result.status == "stored", result
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    with node.engine.begin() as connection:
+        for number, uid in enumerate(uids):
+            connection.execute(update(Study).where(Study.study_instance_uid == uid)
+                               .values(updated_at=hour_ago + timedelta(minutes=number)))
+    return uids
+
+
+def _imaging_count(service: FhirService) -> int:
+    return service.search("ImagingStudy", [("_summary", "count")])["total"]
+
+
+def test_another_process_syncs_only_what_changed_since_the_shared_watermark(node: Node,
+                                                                            database_url: str) -> None:
+    first: FhirService = node.extensions["fhir"]
+    first.imaging.batch_size = 5
+    old = _backdated_studies(node, 12, "OLD")
+    assert _imaging_count(first) == 12
+    assert first.imaging.examined == 12  # the first sync ever reads the whole store, in batches of 5
+
+    fresh = [new_uid(), new_uid()]
+    for uid in fresh:
+        assert node.ingest.store_bytes(make_instance(study_uid=uid, patient_id="NEW")).status == "stored"
+    # Another process (an HTTP worker, or one started after the DIMSE listener stored these): it reads from the
+    # watermark the first one recorded, so only the studies changed since then (and the newest old one, which is
+    # within the few seconds re-read behind the watermark), not the 12 before.
+    other = Node.open(make_settings(node.settings.data_dir, database_url), migrate=False)
+    try:
+        service: FhirService = other.extensions["fhir"]
+        assert _imaging_count(service) == 14
+        assert service.imaging.examined == len(fresh) + 1
+        assert service.read("ImagingStudy", fresh[0])["subject"]["reference"].startswith("Patient/")
+
+        # A study deleted whole by the first process leaves no row to scan: the other one still sees it go.
+        before = service.imaging.examined
+        assert node.ingest.delete(old[0]) == 1
+        with pytest.raises(FhirError) as gone:
+            service.read("ImagingStudy", old[0])
+        assert gone.value.status == 410
+        assert service.imaging.examined - before <= len(fresh)  # only the margin behind the watermark again
+        assert _imaging_count(service) == 13
+        assert _imaging_count(first) == 13
+    finally:
+        other.close()
+
+
+def test_an_interrupted_first_sync_continues_where_it_stopped(node: Node, database_url: str) -> None:
+    old = _backdated_studies(node, 12, "RES")
+    settings = make_settings(node.settings.data_dir, database_url)
+    crashing = Node.open(settings, migrate=False)
+    try:
+        imaging = crashing.extensions["fhir"].imaging
+        imaging.batch_size = 5
+        real_rebuild = imaging._rebuild
+        calls = []
+
+        def rebuild_until_the_seventh(session: Any, uid: str) -> None:
+            calls.append(uid)
+            if len(calls) == 7:
+                raise RuntimeError("the process stops here")
+            real_rebuild(session, uid)
+
+        imaging._rebuild = rebuild_until_the_seventh  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            imaging.sync()
+    finally:
+        crashing.close()
+    resumed = Node.open(settings, migrate=False)
+    try:
+        service: FhirService = resumed.extensions["fhir"]
+        assert _imaging_count(service) == 12
+        # The first batch (5 studies) was committed with its watermark; the next process starts after it, less
+        # the margin that re-reads the 5th (a minute apart here, so only that one).
+        assert service.imaging.examined == 12 - 4
+        assert {service.read("ImagingStudy", uid)["id"] for uid in old} == set(old)
+    finally:
+        resumed.close()
