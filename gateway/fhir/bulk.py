@@ -45,8 +45,37 @@ def check_params(node: Node, params: dict[str, Any]) -> dict[str, Any]:
     since = params.get("since")
     if since is not None and (not isinstance(since, str) or date_range(since) is None):
         raise JobError(f"_since {since!r} is not a FHIR instant")
-    return {"level": level, "types": types, "since": since, "request": str(params.get("request", "")),
-            "transaction_time": params.get("transaction_time") or instant_text(datetime.now(UTC))}
+    group = params.get("group")
+    if (level == "group") != isinstance(group, str):
+        raise JobError("a group-level export needs the Group's id (group), and only it")
+    checked = {"level": level, "types": types, "since": since, "request": str(params.get("request", "")),
+               "transaction_time": params.get("transaction_time") or instant_text(datetime.now(UTC))}
+    if level == "group":
+        checked["group"] = group
+    return checked
+
+
+def group_members(group: dict[str, Any], base_url: str) -> list[str]:
+    """Ids of the Patients a Group holds now: member.entity references to this server's Patients, not inactive.
+
+    Other members (Practitioners, Devices, nested Groups) have no Patient compartment to export.
+    """
+    from gateway.fhir.params import split_reference
+
+    if group.get("actual") is not True:
+        raise JobError(f"Group/{group.get('id')} is not actual: a definitional group has no members to export")
+    members = []
+    for member in group.get("member") or []:
+        if member.get("inactive") is True:
+            continue
+        reference = (member.get("entity") or {}).get("reference")
+        if not isinstance(reference, str) or (reference.startswith("http") and
+                                              not reference.startswith(base_url + "/")):
+            continue
+        target_type, target_id = split_reference(reference)
+        if target_type == "Patient" and target_id:
+            members.append(target_id)
+    return members
 
 
 def run(node: Node, context: JobContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -55,14 +84,25 @@ def run(node: Node, context: JobContext, params: dict[str, Any]) -> dict[str, An
     shutil.rmtree(target, ignore_errors=True)  # a resumed export starts over: its files are rewritten whole
     target.mkdir(parents=True)
     since = date_range(params["since"])[0] if params.get("since") else None
+    members: list[str] | None = None
+    if params["level"] == "group":
+        from gateway.fhir.errors import FhirError
+
+        try:  # the members as the Group has them when the export runs (or reruns after a restart)
+            group = service.read("Group", params["group"])
+        except FhirError as exc:
+            raise JobError(f"Group/{params['group']}: {exc}") from None
+        members = group_members(group, service.base_url)
     output = []
     context.progress(done=0, total=len(params["types"]), message="exporting", force=True)
     for res_type in params["types"]:
         count = 0
         path = target / f"{res_type}.ndjson"
+        resources = service.iter_resources(res_type, since=since) if members is None \
+            else service.iter_patient_compartment(res_type, members, since=since)
         with open(path, "w", encoding="utf-8") as handle:
-            for resource in service.iter_resources(res_type, since=since):
-                if params["level"] != "system" and res_type != "Patient" and not _about_a_patient(resource):
+            for resource in resources:
+                if params["level"] == "patient" and res_type != "Patient" and not _about_a_patient(resource):
                     continue
                 handle.write(json.dumps(resource, separators=(",", ":"), ensure_ascii=False))
                 handle.write("\n")

@@ -54,9 +54,9 @@ def capability_statement(base: str) -> dict[str, Any]:
                 *({"name": name, "type": param.type,
                    "documentation": f"{res_type}.{' | '.join(param.paths)}"} for name, param in params.items())],
         }
-        if res_type == "Patient":
-            entry["operation"] = [{"name": "export",
-                                   "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}]
+        if res_type in ("Patient", "Group"):
+            entry["operation"] = [{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/"
+                                   f"OperationDefinition/{res_type.lower()}-export"}]
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",
@@ -71,7 +71,9 @@ def capability_statement(base: str) -> dict[str, Any]:
         "rest": [{
             "mode": "server",
             "documentation": _RESULT_DOCUMENTATION + " Bulk Data $export exports: "
-            + ", ".join(patient_types()) + " at the Patient level, every type at the system level.",
+            + ", ".join(patient_types()) + " at the Patient level and at the Group level (the compartments of the "
+            "Group's active Patient members; actual Groups only), every type at the system level; _type, _since "
+            "and _outputFormat=application/fhir+ndjson.",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "operation": [{"name": "export",

@@ -8,6 +8,7 @@ race-free across processes.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from gateway.fhir.errors import (
     precondition_failed,
     unprocessable,
 )
-from gateway.fhir.models import FhirImagingLink, FhirResource
+from gateway.fhir.models import FhirImagingLink, FhirReference, FhirResource
 from gateway.fhir.params import definitions, instant_text, split_reference
 from gateway.fhir.repository import Stored
 from gateway.fhir.validation import validate
@@ -251,11 +252,42 @@ class FhirService:
                 rows = session.execute(query).all()
             if not rows:
                 return
-            import json
-
             for row in rows:
                 yield json.loads(row.content)
             last_pk = rows[-1].pk
+
+    def iter_patient_compartment(self, res_type: str, patient_ids: list[str],
+                                 since: str | None = None) -> Iterator[dict[str, Any]]:
+        """Current resources of a type in the compartments of these Patients, in storage order.
+
+        A resource is in a Patient's compartment when its ``patient`` search parameter names that Patient (the
+        Patients themselves for type Patient); found through the reference index, read in pages.
+        """
+        self.check_type(res_type)
+        self.imaging.sync()
+        table = FhirResource.__table__  # type: ignore[attr-defined]
+        ref = FhirReference.__table__  # type: ignore[attr-defined]
+        ids = sorted(set(patient_ids))
+        pks: set[int] = set()
+        with self.reading() as session:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                if res_type == "Patient":
+                    query = select(table.c.pk).where(table.c.res_type == "Patient", table.c.res_id.in_(chunk))
+                else:
+                    query = select(ref.c.res_pk).where(ref.c.res_type == res_type, ref.c.param == "patient",
+                                                       ref.c.target_type == "Patient", ref.c.target_id.in_(chunk))
+                pks.update(session.execute(query).scalars())
+        ordered = sorted(pks)
+        for start in range(0, len(ordered), 500):
+            query = select(table.c.content).where(table.c.pk.in_(ordered[start:start + 500]),
+                                                  table.c.deleted.is_(False)).order_by(table.c.pk)
+            if since:
+                query = query.where(table.c.last_updated >= since)
+            with self.reading() as session:
+                rows = session.execute(query).scalars().all()
+            for content in rows:
+                yield json.loads(content)
 
     # -- write ---------------------------------------------------------------------------------------------
 

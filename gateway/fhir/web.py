@@ -121,7 +121,7 @@ def create_blueprint() -> Blueprint:
 
     # -- Bulk Data export ------------------------------------------------------------------------------------
 
-    def kick_off(level: str) -> Response:
+    def kick_off(level: str, group: str | None = None) -> Response:
         if _prefer("respond-async") is None:
             raise bad_request("a bulk export needs the header Prefer: respond-async")
         output_format = request.args.get("_outputFormat", NDJSON)
@@ -133,6 +133,8 @@ def create_blueprint() -> Blueprint:
             raise bad_request(f"export parameters not supported: {', '.join(unsupported)}", "not-supported")
         params = {"level": level, "types": types or None, "since": request.args.get("_since"),
                   "request": request.url}
+        if group is not None:
+            params["group"] = group
         from gateway.web.jobs import submit_job
 
         try:
@@ -152,7 +154,12 @@ def create_blueprint() -> Blueprint:
 
     @blueprint.get("/Group/<group_id>/$export")
     def export_group(group_id: str) -> Response:
-        raise not_found(f"Group/{group_id} is not known: this server stores no Group resources")
+        group = _service().read("Group", group_id)  # 404 / 410 before any job exists
+        try:
+            bulk.group_members(group, _service().base_url)
+        except JobError as exc:
+            raise bad_request(str(exc), "not-supported") from None
+        return kick_off("group", group_id)
 
     def export_job(job_id: str) -> dict[str, Any]:
         node = current_app.extensions["gateway.node"]

@@ -19,7 +19,7 @@ def test_metadata_lists_exactly_the_supported_resources(fhir: FhirClient) -> Non
     assert statement["resourceType"] == "CapabilityStatement" and statement["fhirVersion"] == "4.0.1"
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     assert set(resources) == {"Patient", "ImagingStudy", "Endpoint", "Condition", "Observation", "Procedure",
-                              "DiagnosticReport", "Encounter", "AuditEvent"}
+                              "DiagnosticReport", "Encounter", "AuditEvent", "Group"}
     observation = {p["name"]: p["type"] for p in resources["Observation"]["searchParam"]}
     assert observation["value-quantity"] == "quantity" and observation["subject"] == "reference"
     assert "Observation:patient" in resources["Patient"]["searchRevInclude"]
