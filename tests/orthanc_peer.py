@@ -8,6 +8,7 @@ with its host checked), which is the only C-MOVE destination and the only caller
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -39,7 +40,7 @@ class OrthancPeer:
     """Context manager: a fresh, empty Orthanc; ``rest`` is its REST root, ``dicomweb`` its DICOMweb root."""
 
     def __init__(self, work_dir: Path, gateway_ae: str, gateway_port: int, ae_title: str = "ORTHANC",
-                 other_modalities: dict[str, int] | None = None) -> None:
+                 other_modalities: dict[str, int] | None = None, environment: dict[str, str] | None = None) -> None:
         self.work_dir = work_dir
         self.ae_title = ae_title
         self.http_port = free_port()
@@ -47,6 +48,7 @@ class OrthancPeer:
         self.gateway_ae = gateway_ae
         self.gateway_port = gateway_port
         self.other_modalities = other_modalities or {}
+        self.environment = environment
         self.process: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()
 
@@ -85,7 +87,8 @@ class OrthancPeer:
         config = self.work_dir / "orthanc.json"
         config.write_text(json.dumps(self.configuration(), indent=2), encoding="utf-8")
         log = (self.work_dir / "orthanc.log").open("wb")
-        self.process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT)
+        environment = {**os.environ, **self.environment} if self.environment else None
+        self.process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT, env=environment)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

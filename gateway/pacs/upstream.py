@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,6 +68,7 @@ STORE_GROUP = 32
 
 # DICOM JSON tags used below.
 STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = "0020000D", "0020000E", "00080018", "00080016"
+SERIES_INSTANCE_COUNT = "00201209"  # NumberOfSeriesRelatedInstances
 STUDY_KEYS: dict[str, str] = {  # C-FIND / QIDO-RS study-level keys the CLI and API offer, by keyword
     "PatientID": "00100020", "PatientName": "00100010", "PatientBirthDate": "00100030", "StudyDate": "00080020",
     "StudyTime": "00080030", "AccessionNumber": "00080050", "StudyInstanceUID": STUDY_UID,
@@ -193,9 +195,11 @@ class DimseUpstream:
             if not status:
                 raise UpstreamError(f"PACS {self.pacs.name}: C-FIND got no response (timeout or abort)")
             code = int(status.Status)
-            if code in PENDING_STATUSES and found is not None:
+            if code in PENDING_STATUSES:
+                if found is None:  # a match pynetdicom could not decode: never drop it silently
+                    raise UpstreamError(f"PACS {self.pacs.name}: C-FIND sent a match that cannot be decoded")
                 matches.append(found.to_json_dict())
-            elif code != SUCCESS and code not in PENDING_STATUSES:
+            elif code != SUCCESS:
                 raise UpstreamError(f"PACS {self.pacs.name}: C-FIND failed with status 0x{code:04X} "
                                     f"{status.get('ErrorComment', '')}".rstrip())
         return matches
@@ -207,26 +211,43 @@ class DimseUpstream:
         return matches[:limit] if limit else matches
 
     def inventory(self, study_uid: str) -> list[UpstreamInstance]:
-        """Every instance of a study: a SERIES-level C-FIND, then an IMAGE-level one per series (hierarchical)."""
+        """Every instance of a study: a SERIES-level C-FIND, then an IMAGE-level one per series (hierarchical).
+
+        A short list would make a pull report complete with instances missing, so each series' list is checked
+        against the count the PACS announces for it (asked again once, then refused when they disagree).
+        """
         instances: list[UpstreamInstance] = []
         with self.associate([build_context(StudyRootQueryRetrieveInformationModelFind)]) as assoc:
             series_query = Dataset()
             series_query.QueryRetrieveLevel = "SERIES"
             series_query.StudyInstanceUID = study_uid
             series_query.SeriesInstanceUID = ""
-            series_uids = [str(first_value(match.get(SERIES_UID))) for match in self._find(assoc, series_query)]
-            for series_uid in series_uids:
-                image_query = Dataset()
-                image_query.QueryRetrieveLevel = "IMAGE"
-                image_query.StudyInstanceUID = study_uid
-                image_query.SeriesInstanceUID = series_uid
-                image_query.SOPInstanceUID = ""
-                image_query.SOPClassUID = ""
-                for match in self._find(assoc, image_query):
-                    instances.append(UpstreamInstance(study_uid, series_uid, str(first_value(match.get(SOP_UID))),
-                                                      str(first_value(match.get(SOP_CLASS)) or "")))
+            series_query.NumberOfSeriesRelatedInstances = ""
+            announced: dict[str, int | None] = {}
+            for match in self._find(assoc, series_query):
+                count = first_value(match.get(SERIES_INSTANCE_COUNT))
+                announced[str(first_value(match.get(SERIES_UID)))] = int(count) if count not in (None, "") else None
+            for series_uid, expected in announced.items():
+                listed = self._series_instances(assoc, study_uid, series_uid)
+                if expected is not None and len(listed) != expected:
+                    listed = self._series_instances(assoc, study_uid, series_uid)
+                    if len(listed) != expected:
+                        raise UpstreamError(f"PACS {self.pacs.name} announces {expected} instances in series "
+                                            f"{series_uid} but lists {len(listed)}")
+                instances += listed
         audit("upstream-c-find", pacs=self.pacs.name, level="IMAGE", study=study_uid, matches=len(instances))
         return instances
+
+    def _series_instances(self, assoc: Association, study_uid: str, series_uid: str) -> list[UpstreamInstance]:
+        image_query = Dataset()
+        image_query.QueryRetrieveLevel = "IMAGE"
+        image_query.StudyInstanceUID = study_uid
+        image_query.SeriesInstanceUID = series_uid
+        image_query.SOPInstanceUID = ""
+        image_query.SOPClassUID = ""
+        return [UpstreamInstance(study_uid, series_uid, str(first_value(match.get(SOP_UID))),
+                                 str(first_value(match.get(SOP_CLASS)) or ""))
+                for match in self._find(assoc, image_query)]
 
     @staticmethod
     def _identifier(study_uid: str, series_uid: str | None, sop_uids: list[str] | None) -> Dataset:
@@ -368,6 +389,9 @@ class DicomwebUpstream:
         self.client = DICOMwebClient(pacs.dicomweb_url, session=self.session, timeout=pacs.timeout)
         self.pending: list[Any] = []
         self.results: list[StoreResult] = []
+        # Storing a group (parse, digest, sync, index) overlaps the download of the next one.
+        self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pull-store")
+        self._storing: Future[list[StoreResult]] | None = None
         self.limiter = RateLimiter(None)
         self._progress: Progress = lambda count: None
 
@@ -394,10 +418,20 @@ class DicomwebUpstream:
                 for match in matches]
 
     def flush(self) -> None:
+        """Hand the spooled group to the storing thread; at most one more group downloads meanwhile."""
         if not self.pending:
             return
-        results = self.node.ingest.store_uploads(self.pending)
-        self.pending = []
+        group, self.pending = self.pending, []
+        if self._storing is not None:
+            self._collect(self._storing.result())
+        self._storing = self._store_pool.submit(self.node.ingest.store_uploads, group)
+
+    def _finish_storing(self) -> None:
+        if self._storing is not None:
+            storing, self._storing = self._storing, None
+            self._collect(storing.result())
+
+    def _collect(self, results: list[StoreResult]) -> None:
         self.results += results
         stored = sum(result.ok for result in results)
         if stored:
@@ -430,6 +464,7 @@ class DicomwebUpstream:
                     raise UpstreamError(f"PACS {self.pacs.name}: malformed WADO-RS response: {exc}") from exc
                 finally:
                     self.flush()
+                    self._finish_storing()
         except requests.RequestException as exc:
             raise UpstreamError(f"PACS {self.pacs.name}: WADO-RS {url} failed: {exc}") from exc
         outcome = RetrieveOutcome(completed=sum(r.ok for r in self.results),
@@ -439,6 +474,7 @@ class DicomwebUpstream:
         return outcome
 
     def close(self) -> None:
+        self._store_pool.shutdown(wait=True)
         self.session.close()
 
 

@@ -239,12 +239,19 @@ def raw_move_seconds(pacs: OrthancPeer, study_uid: str, folder: Path) -> float:
     return elapsed
 
 
-def raw_wado_seconds(pacs: OrthancPeer, study_uid: str, target: Path) -> float:
+def raw_wado_seconds(pacs: OrthancPeer, study_uid: str, target: Path) -> tuple[float, float]:
+    """curl downloading the study's WADO-RS response to a file: (seconds, seconds including an fsync)."""
     started = time.perf_counter()
     subprocess.run(["curl", "-sf", "-o", str(target), "-H",
                     'Accept: multipart/related; type="application/dicom"; transfer-syntax=*',
                     f"{pacs.dicomweb}/studies/{study_uid}"], check=True)
-    return time.perf_counter() - started
+    downloaded = time.perf_counter() - started
+    descriptor = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return downloaded, time.perf_counter() - started
 
 
 def gateway_pull_seconds(work_dir: Path, pacs: OrthancPeer, study_uid: str, method: str) -> tuple[float, float]:
@@ -347,25 +354,33 @@ def main() -> int:
         # 3. pull
         pull_rows: list[str] = []
         gateway_port = free_tcp_port()
+        # Orthanc's DCMTK sends with Nagle's algorithm on unless TCP_NODELAY=1 is in its environment (its own
+        # TcpNoDelay option is for HTTP): off here, so the raw transfer is not held back by dcmtk's storescp.
         with OrthancPeer(work / "pacs", GATEWAY_AE, gateway_port,
-                         other_modalities={BENCH_AE: free_tcp_port(), STORESCP_AE: free_tcp_port()}) as pacs:
+                         other_modalities={BENCH_AE: free_tcp_port(), STORESCP_AE: free_tcp_port()},
+                         environment={"TCP_NODELAY": "1"}) as pacs:
             storescu(pacs.ae_title, pacs.dicom_port, series.files, 4)
-            raw: dict[str, list[float]] = {"dimse": [], "wado": []}
+            raw: dict[str, list[float]] = {"dimse": [], "wado": [], "wado+fsync": []}
             pulls: dict[str, list[tuple[float, float]]] = {"c-move": [], "c-get": [], "wado-rs": []}
             for repeat in range(args.repeats):
                 raw["dimse"].append(raw_move_seconds(pacs, series.study_uid, work / "raw-move"))
-                raw["wado"].append(raw_wado_seconds(pacs, series.study_uid, work / "raw-wado.bin"))
+                downloaded, durable = raw_wado_seconds(pacs, series.study_uid, work / "raw-wado.bin")
+                raw["wado"].append(downloaded)
+                raw["wado+fsync"].append(durable)
                 for method in pulls:
                     pulls[method].append(gateway_pull_seconds(work / f"pull-{method}", pacs, series.study_uid,
                                                               method))
                     log(f"pull {method} (run {repeat + 1}): job {pulls[method][-1][0]:.2f} s, process "
                         f"{pulls[method][-1][1]:.2f} s")
+        references = {"c-move": [("C-MOVE → dcmtk storescp", "dimse")],
+                      "c-get": [("C-MOVE → dcmtk storescp", "dimse")],
+                      "wado-rs": [("curl WADO-RS → file", "wado"), ("curl WADO-RS → file + fsync", "wado+fsync")]}
         for method, timings in pulls.items():
-            reference = median(raw["wado" if method == "wado-rs" else "dimse"])
             job, whole = median([t[0] for t in timings]), median([t[1] for t in timings])
-            reference_label = "curl WADO-RS → file" if method == "wado-rs" else "C-MOVE → dcmtk storescp"
-            pull_rows.append(f"| {method} | {job:.2f} | {whole:.2f} | {reference_label}: {reference:.2f} | "
-                             f"{job / reference:.2f}× / {whole / reference:.2f}× |")
+            for label, key in references[method]:
+                reference = median(raw[key])
+                pull_rows.append(f"| {method} | {job:.2f} | {whole:.2f} | {label}: {reference:.2f} | "
+                                 f"{job / reference:.2f}× / {whole / reference:.2f}× |")
         lines += ["", f"### Pulling the {len(series.files)}-instance study from Orthanc (median of {args.repeats}, s)",
                   "", "| method | gateway job | gateway process | raw transfer | ratio (job / process) |",
                   "|---|---:|---:|---|---:|", *pull_rows]
