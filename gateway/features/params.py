@@ -170,9 +170,9 @@ def validate_params(data: dict[str, Any], source: str = "the settings") -> dict[
         if all(value is None for value in new_spacing):
             new_spacing = None
     interpolation = resampling.get("interpolation", "linear")
-    if interpolation not in ("linear", "nearest"):
-        raise ParamsError(f"{_where(source, 'resampling', 'interpolation')} must be linear or nearest, "
-                          f"not {interpolation!r}")
+    if interpolation not in ("linear", "cubic", "nearest"):
+        raise ParamsError(f"{_where(source, 'resampling', 'interpolation')} must be linear, cubic (IBSI tricubic "
+                          f"spline) or nearest, not {interpolation!r}")
     mask_interpolation = resampling.get("mask_interpolation", "partial_volume")
     if mask_interpolation not in ("partial_volume", "nearest"):
         raise ParamsError(f"{_where(source, 'resampling', 'mask_interpolation')} must be partial_volume or nearest, "

@@ -231,9 +231,10 @@ def test_equivalent_settings_share_a_hash_and_presets_load(tmp_path: Path) -> No
     if pytest.importorskip("yaml"):
         assert parameter_hash(load_params(toml)) == parameter_hash(load_params(str(yaml_file)))
     assert parameter_hash(load_params(toml)) != parameter_hash(load_params({"discretisation": {"bin_width": 20}}))
-    for name in ("ct_default", "mr_default", "pet_default", "ibsi_config_a", "ibsi_config_c"):
+    for name in ("ct_default", "mr_default", "pet_default", "ibsi_config_a", "ibsi_config_c", "ibsi_config_e"):
         settings = load_params(name)
         assert settings["name"] == name and settings["features"]["families"]
+    assert load_params("ibsi_config_e")["resampling"]["interpolation"] == "cubic"
 
 
 def test_fhir_observations_per_region_without_duplicates(node: Node) -> None:
