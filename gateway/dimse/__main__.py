@@ -1,46 +1,9 @@
-"""``python -m gateway.dimse``: the DIMSE service provider as its own process (see ``start_dimse_process``).
-
-It reads its settings as JSON on standard input and runs until it is terminated or its parent goes away.
-"""
+"""``python -m gateway.dimse``: the DIMSE service provider as its own process (see ``start_dimse_process``)."""
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import signal
-import sys
-import threading
-from types import FrameType
-
-from gateway.config import load_settings
 from gateway.dimse.server import DimseServer
-from gateway.node import Node
-
-PARENT_POLL_SECONDS = 1.0
-
-
-def main() -> int:
-    settings = load_settings(None, json.load(sys.stdin), environ={})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-
-    def request_stop(_signal: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    parent = os.getppid()
-    node = Node.open(settings, migrate=False)  # the parent has migrated the schema already
-    try:
-        with DimseServer(node):
-            # A parent killed outright cannot stop us; noticing that it is gone keeps the port from staying taken.
-            while not stop.wait(PARENT_POLL_SECONDS) and os.getppid() == parent:
-                pass
-    finally:
-        node.close()
-    return 0
-
+from gateway.listener_process import run_listener_process
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_listener_process(lambda node: [DimseServer(node)]))

@@ -7,12 +7,7 @@ process that runs listener threads could copy a lock another thread holds.
 
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
-import sys
-from dataclasses import asdict
-from pathlib import Path
 from types import TracebackType
 
 from pydicom import uid
@@ -29,6 +24,7 @@ from gateway.dimse.handlers import (
     MOVE_MODELS,
     DimseHandlers,
 )
+from gateway.listener_process import ListenerProcess
 from gateway.node import Node
 
 log = logging.getLogger(__name__)
@@ -115,25 +111,10 @@ class DimseServer:
         self.close()
 
 
-def start_dimse_process(settings: Settings) -> subprocess.Popen[bytes]:
-    """Run the DIMSE service provider in a process of its own, for the multi-worker HTTP mode.
-
-    The settings travel on its standard input rather than the command line or environment, where other
-    local users could read a database password.
-    """
-    values = {name: str(value) if isinstance(value, Path) else value for name, value in asdict(settings).items()}
-    process = subprocess.Popen([sys.executable, "-m", "gateway.dimse"], stdin=subprocess.PIPE)
-    assert process.stdin is not None
-    process.stdin.write(json.dumps(values).encode())
-    process.stdin.close()
-    return process
+def start_dimse_process(settings: Settings) -> ListenerProcess:
+    """Run the DIMSE service provider in a process of its own, for the multi-worker HTTP mode."""
+    return ListenerProcess("gateway.dimse", settings)
 
 
-def stop_dimse_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def stop_dimse_process(process: ListenerProcess, timeout: float = 10.0) -> None:
+    process.close(timeout)

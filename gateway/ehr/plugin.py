@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import ConfigError, Settings
+from gateway.listener_process import ListenerProcess
 
 if TYPE_CHECKING:
     from gateway.ehr.service import EhrService
@@ -60,31 +59,11 @@ def start_listeners(node: Node) -> list[Any]:
     return [MllpListener(node.extensions["ehr"], config)]
 
 
-class ListenerProcess:
-    """The MLLP listener in a process of its own (``python -m gateway.ehr``), for ``--workers N``."""
-
-    def __init__(self, settings: Settings) -> None:
-        values = {name: str(value) if isinstance(value, Path) else value for name, value in asdict(settings).items()}
-        self.process = subprocess.Popen([sys.executable, "-m", "gateway.ehr"], stdin=subprocess.PIPE)
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(values).encode())
-        self.process.stdin.close()
-
-    def close(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def start_listener_processes(settings: Settings) -> list[Any]:
     """``gateway serve --workers N``: the gunicorn master must not run listener threads, so a process."""
     from gateway.ehr.mllp import MllpConfig
 
-    return [ListenerProcess(settings)] if MllpConfig.from_settings(settings).port is not None else []
+    return [ListenerProcess("gateway.ehr", settings)] if MllpConfig.from_settings(settings).port is not None else []
 
 
 # --- the CSV import job --------------------------------------------------------------------------------
