@@ -17,7 +17,8 @@ class FhirResource(SQLModel, table=True):
     __tablename__ = "fhir_resource"
     __table_args__ = (
         UniqueConstraint("res_type", "res_id", name="uq_fhir_resource_type_id"),
-        Index("ix_fhir_resource_type_updated", "res_type", "last_updated"),
+        # deleted in the index: counting a type's current resources reads the index alone.
+        Index("ix_fhir_resource_type_current", "res_type", "deleted", "last_updated"),
     )
 
     pk: int | None = Field(default=None, primary_key=True)
@@ -43,7 +44,8 @@ class FhirResourceVersion(SQLModel, table=True):
 class FhirToken(SQLModel, table=True):
     __tablename__ = "fhir_token"
     __table_args__ = (
-        Index("ix_fhir_token_code", "res_type", "param", "code", "system"),
+        # res_pk last in the lookup indexes: a search's "res_pk of the rows matching" is read from the index alone.
+        Index("ix_fhir_token_code", "res_type", "param", "code", "system", "res_pk"),
         Index("ix_fhir_token_system", "res_type", "param", "system"),
         Index("ix_fhir_token_text", "res_type", "param", "text"),
     )
@@ -61,7 +63,7 @@ class FhirToken(SQLModel, table=True):
 class FhirString(SQLModel, table=True):
     __tablename__ = "fhir_string"
     __table_args__ = (
-        Index("ix_fhir_string_norm", "res_type", "param", "value_norm"),
+        Index("ix_fhir_string_norm", "res_type", "param", "value_norm", "res_pk"),
         Index("ix_fhir_string_exact", "res_type", "param", "value_exact"),
     )
 
@@ -76,8 +78,8 @@ class FhirString(SQLModel, table=True):
 class FhirDate(SQLModel, table=True):
     __tablename__ = "fhir_date"
     __table_args__ = (
-        Index("ix_fhir_date_low", "res_type", "param", "low"),
-        Index("ix_fhir_date_high", "res_type", "param", "high"),
+        Index("ix_fhir_date_low", "res_type", "param", "wide", "low", "high", "res_pk"),
+        Index("ix_fhir_date_high", "res_type", "param", "wide", "high", "low", "res_pk"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -86,12 +88,15 @@ class FhirDate(SQLModel, table=True):
     param: str = Field(max_length=64)
     low: str = Field(max_length=26)  # both ends inclusive
     high: str = Field(max_length=26)
+    # The value spans more than one UTC day (a period, a year, a month). Most do not, and for those a lower
+    # bound on high bounds low too, so date ranges are bounded index ranges (search._date_sources).
+    wide: bool = False
 
 
 class FhirReference(SQLModel, table=True):
     __tablename__ = "fhir_reference"
     __table_args__ = (
-        Index("ix_fhir_reference_source", "res_type", "param", "target_type", "target_id"),
+        Index("ix_fhir_reference_source", "res_type", "param", "target_type", "target_id", "res_pk"),
         Index("ix_fhir_reference_target", "target_type", "target_id"),
     )
 
@@ -107,7 +112,7 @@ class FhirReference(SQLModel, table=True):
 
 class FhirQuantity(SQLModel, table=True):
     __tablename__ = "fhir_quantity"
-    __table_args__ = (Index("ix_fhir_quantity_value", "res_type", "param", "value"),)
+    __table_args__ = (Index("ix_fhir_quantity_value", "res_type", "param", "value", "res_pk"),)
 
     id: int | None = Field(default=None, primary_key=True)
     res_pk: int = Field(foreign_key="fhir_resource.pk", index=True)

@@ -199,7 +199,7 @@ def _extract_value(param: SearchParam, value: Any, rows: IndexRows) -> None:
             rows.strings.append({**base, "value_norm": normalise_string(text), "value_exact": text[:MAX_INDEXED]})
     elif param.type == "date":
         for low, high in _dates(value):
-            rows.dates.append({**base, "low": low, "high": high})
+            rows.dates.append({**base, "low": low, "high": high, "wide": low[:10] != high[:10]})
     elif param.type == "reference":
         reference = value.get("reference") if isinstance(value, dict) else value
         if not isinstance(reference, str) or not reference:

@@ -78,7 +78,8 @@ def versions(session: Session, pk: int) -> list[tuple[int, str, str, bool, dict[
             for r in rows]
 
 
-def _with_meta(resource: dict[str, Any], res_id: str, version_id: int, moment: datetime) -> dict[str, Any]:
+def with_meta(resource: dict[str, Any], res_id: str, version_id: int, moment: datetime) -> dict[str, Any]:
+    """The stored form: resourceType, id and meta (versionId, lastUpdated) first, then the rest."""
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(version_id)
     meta["lastUpdated"] = instant_text(moment)
@@ -93,7 +94,7 @@ def write(session: Session, resource: dict[str, Any], existing: Stored | None, r
     moment = datetime.now(UTC)
     stamp = index_time(moment)
     version_id = existing.version_id + 1 if existing is not None else 1
-    document = _with_meta(resource, res_id, version_id, moment)
+    document = with_meta(resource, res_id, version_id, moment)
     content = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
     table = FhirResource.__table__  # type: ignore[attr-defined]
     if existing is None:
@@ -131,18 +132,29 @@ def _drop_index(session: Session, pk: int) -> None:
 
 def reindex(session: Session, pk: int, resource: dict[str, Any]) -> None:
     _drop_index(session, pk)
+    for model, values in index_rows(resource):
+        session.execute(insert(model.__table__), [{"res_pk": pk, **value} for value in values])  # type: ignore[attr-defined]
+
+
+def index_rows(resource: dict[str, Any]) -> list[tuple[type, list[dict[str, Any]]]]:
+    """The search-index rows of a resource per index model (without ``res_pk``): what a write stores.
+
+    Bulk loaders (the FHIR benchmark) insert these themselves, so they index exactly as the service does.
+    """
     rows = extract(resource)
-    common = {"res_pk": pk, "res_type": resource["resourceType"]}
+    res_type = resource["resourceType"]
     references = list(rows.references)
     for reference in iter_references(resource):
         target_type, target_id = split_reference(reference)
         if target_id:
             references.append({"param": ANY_REFERENCE, "target_type": target_type, "target_id": target_id,
                                "url": None})
+    found = []
     for model, values in ((FhirToken, rows.tokens), (FhirString, rows.strings), (FhirDate, rows.dates),
                           (FhirReference, references), (FhirQuantity, rows.quantities)):
         if values:
-            session.execute(insert(model.__table__), [{**common, **value} for value in values])  # type: ignore[attr-defined]
+            found.append((model, [{"res_type": res_type, **value} for value in values]))
+    return found
 
 
 def iter_references(node: Any) -> Iterator[str]:

@@ -12,10 +12,11 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from functools import cache
+from typing import Any, get_args, get_origin
 from urllib.parse import urlencode
 
-from sqlalchemy import Select, and_, false, func, not_, or_, select
+from sqlalchemy import CompoundSelect, Select, and_, false, func, intersect, not_, or_, select, union_all
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -185,28 +186,41 @@ def _chain_targets(param: SearchParam, head: str) -> list[str]:
 
 def condition(res_type: str, alias: Any, name: str, value: str) -> ColumnElement[bool]:
     """The SQL condition on ``alias`` (a fhir_resource alias) for one search parameter and its value."""
+    source, other = _match(res_type, alias, name, value)
+    return alias.c.pk.in_(source) if source is not None else other  # type: ignore[return-value]
+
+
+def _match(res_type: str, alias: Any, name: str,
+           value: str) -> tuple[Select[Any] | None, ColumnElement[bool] | None]:
+    """One parameter as either the res_pks that match it (a positive match: most parameters) or a condition on
+    ``alias`` (negations, _id, _lastUpdated, _has).
+
+    Index rows exist only for current resources of their type, so a positive match needs no look at the resource
+    table: searches made of them are answered from the index tables alone.
+    """
     if name.startswith("_has:"):
-        return _has_condition(res_type, alias, name, value)
+        return None, _has_condition(res_type, alias, name, value)
     head, dot, rest = name.partition(".")
     base, _, modifier = head.partition(":")
     if base == "_id":
-        return alias.c.res_id.in_(_split_values(value))
+        return None, alias.c.res_id.in_(_split_values(value))
     if base == "_lastUpdated":
-        return or_(*[_date_clause(alias.c.last_updated, alias.c.last_updated, item) for item in _split_values(value)])
+        return None, or_(*[_date_clause(alias.c.last_updated, alias.c.last_updated, item)
+                           for item in _split_values(value)])
     param = search_param(res_type, base)
     if param is None:
         raise bad_request(f"unknown search parameter {name!r} for {res_type}")
     if dot:
-        return _chain_condition(res_type, alias, param, head, rest, value)
+        return _chain_sources(res_type, param, head, rest, value), None
     table = TABLES[param.type]
     owned = select(table.c.res_pk).where(table.c.res_type == res_type, table.c.param == param.name)
     if modifier == "missing":
         if value not in ("true", "false"):
             raise bad_request(f"{name}: :missing takes true or false")
-        return alias.c.pk.not_in(owned) if value == "true" else alias.c.pk.in_(owned)
+        return (None, alias.c.pk.not_in(owned)) if value == "true" else (owned, None)
     if param.type == "reference" and modifier and modifier in definitions():
         clauses = [_reference_clause(table, param, item, modifier) for item in _split_values(value)]
-        return alias.c.pk.in_(owned.where(or_(*clauses)))
+        return owned.where(or_(*clauses)), None
     if modifier and modifier not in MODIFIERS[param.type]:
         raise bad_request(f"modifier :{modifier} is not supported for {param.type} parameter {base!r}",
                           "not-supported")
@@ -214,16 +228,54 @@ def condition(res_type: str, alias: Any, name: str, value: str) -> ColumnElement
     if param.type == "token":
         clauses = [_token_clause(table, item, modifier == "text") for item in items]
         matching = owned.where(or_(*clauses))
-        return alias.c.pk.not_in(matching) if modifier == "not" else alias.c.pk.in_(matching)
+        return (None, alias.c.pk.not_in(matching)) if modifier == "not" else (matching, None)
+    if param.type == "date":
+        return _date_sources(res_type, param, [items]), None
     if param.type == "string":
         clauses = [_string_clause(table, item, modifier) for item in items]
-    elif param.type == "date":
-        clauses = [_date_clause(table.c.low, table.c.high, item) for item in items]
     elif param.type == "reference":
         clauses = [_reference_clause(table, param, item, None) for item in items]
     else:
         clauses = [_quantity_clause(table, item) for item in items]
-    return alias.c.pk.in_(owned.where(or_(*clauses)))
+    return owned.where(or_(*clauses)), None
+
+
+def _date_sources(res_type: str, param: SearchParam, groups: list[list[str]]) -> Select[Any]:
+    """Index rows of a date parameter meeting every group (each group: alternatives, one of which must hold).
+
+    Most values (a date, a dateTime) lie within one UTC day; for those rows a bound on ``high`` from below
+    also bounds ``low`` (a value ending on or after day D starts on day D or later), which turns "ge X and lt
+    Y" into a bounded range of the (wide, low) index instead of everything before Y. Wider values (periods,
+    a year, a month) are few and matched by the plain conditions.
+    """
+    table = TABLES["date"]
+    conditions = [or_(*[_date_clause(table.c.low, table.c.high, item) for item in group]) for group in groups]
+    floors = []
+    for group in groups:
+        bounds = [_narrow_low_bound(item) for item in group]
+        if all(bound is not None for bound in bounds):
+            floors.append(min(bounds))  # type: ignore[type-var]
+    owned = select(table.c.res_pk).where(table.c.res_type == res_type, table.c.param == param.name)
+    narrow = owned.where(table.c.wide.is_(False), *conditions,
+                         *([table.c.low >= max(floors)] if floors else []))
+    wide = owned.where(table.c.wide.is_(True), *conditions)
+    return union_all(narrow, wide)  # type: ignore[return-value]
+
+
+def _narrow_low_bound(value: str) -> str | None:
+    """The start of the UTC day before which no single-day value meeting ``value`` can start (None: no bound)."""
+    prefix, text = _prefix(value)
+    found = date_range(text)
+    if found is None:
+        return None
+    p_low, p_high = found
+    if prefix in ("eq", "sa", "ge"):
+        bound = p_low
+    elif prefix == "gt":
+        bound = p_high
+    else:  # ne, lt, le, eb bound nothing from below; ap is left unbounded (no bound is always correct)
+        return None
+    return bound[:10] + "T00:00:00.000000"
 
 
 def _token_clause(table: Any, value: str, text: bool) -> ColumnElement[bool]:
@@ -348,8 +400,7 @@ def _quantity_clause(table: Any, value: str) -> ColumnElement[bool]:
     return result
 
 
-def _chain_condition(res_type: str, alias: Any, param: SearchParam, head: str, rest: str,
-                     value: str) -> ColumnElement[bool]:
+def _chain_sources(res_type: str, param: SearchParam, head: str, rest: str, value: str) -> Select[Any]:
     if param.type != "reference":
         raise bad_request(f"{head} is not a reference parameter and cannot be chained")
     targets = [target for target in _chain_targets(param, head) if _known(target, rest)]
@@ -363,8 +414,7 @@ def _chain_condition(res_type: str, alias: Any, param: SearchParam, head: str, r
                                                     target_alias.c.deleted.is_(False),
                                                     condition(target, target_alias, rest, value))
         clauses.append(and_(ref.c.target_type == target, ref.c.target_id.in_(inner)))
-    sources = select(ref.c.res_pk).where(ref.c.res_type == res_type, ref.c.param == param.name, or_(*clauses))
-    return alias.c.pk.in_(sources)
+    return select(ref.c.res_pk).where(ref.c.res_type == res_type, ref.c.param == param.name, or_(*clauses))
 
 
 def _has_condition(res_type: str, alias: Any, name: str, value: str) -> ColumnElement[bool]:
@@ -386,12 +436,93 @@ def _has_condition(res_type: str, alias: Any, name: str, value: str) -> ColumnEl
 
 # -- the query -----------------------------------------------------------------------------------------------
 
-def base_query(request: SearchRequest) -> tuple[Any, list[ColumnElement[bool]]]:
+@dataclass
+class BaseQuery:
+    alias: Any
+    # Positive matches: selects of res_pk, all of which a match is in (none: every resource of the type).
+    sources: list[Any]
+    # Conditions on ``alias`` besides them.
+    where: list[ColumnElement[bool]]
+
+    def candidates(self) -> Any:
+        """The res_pks in every source, each once, as one select (None without sources)."""
+        if not self.sources:
+            return None
+        selects = [_plain(source) for source in self.sources]
+        if len(selects) == 1:
+            return selects[0].distinct()
+        return intersect(*selects)
+
+    def conditions(self, res_type: str) -> list[ColumnElement[bool]]:
+        """Everything a match meets, as conditions on ``alias``."""
+        candidates = self.candidates()
+        if candidates is None:
+            return [self.alias.c.res_type == res_type, self.alias.c.deleted.is_(False), *self.where]
+        # The sources imply the type and that the resource is current: the planner is given only the candidates
+        # to start from (with res_type it may scan the whole type instead).
+        return [self.alias.c.pk.in_(candidates), *self.where]
+
+
+def _plain(source: Any) -> Select[Any]:
+    # A compound (UNION ALL) inside INTERSECT needs its own subquery: SQLite has no parenthesised compounds.
+    if isinstance(source, CompoundSelect):
+        inner = source.subquery()
+        return select(inner.c.res_pk)
+    return source
+
+
+def _single_valued(res_type: str, name: str) -> bool:
+    """Whether a date parameter can hold one value per resource at most (bounds then apply to the same row)."""
+    param = search_param(res_type, name)
+    return param is not None and param.type == "date" and all(
+        _path_single(res_type, path) for path in param.paths)
+
+
+@cache
+def _path_single(res_type: str, path: str) -> bool:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        model: Any = get_fhir_model_class(res_type)
+    except KeyError:
+        return False
+    steps = path.split(".")
+    for number, step in enumerate(steps):
+        info = model.model_fields.get(step)
+        if info is None:
+            return False
+        annotation = info.annotation
+        arguments = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+        if any(get_origin(a) is list for a in arguments):
+            return False
+        if number + 1 < len(steps):  # the element's type names its model: abc.PeriodType -> Period
+            try:
+                model = get_fhir_model_class(getattr(arguments[0], "__name__", "").removesuffix("Type"))
+            except KeyError:
+                return False
+    return True
+
+
+def base_query(request: SearchRequest) -> BaseQuery:
     alias = RESOURCE.alias("r")
-    where: list[ColumnElement[bool]] = [alias.c.res_type == request.res_type, alias.c.deleted.is_(False)]
+    query = BaseQuery(alias, [], [])
+    # Repeated bounds on one single-valued date parameter (date=ge2021-01-01&date=lt2021-04-01) are one range
+    # on one index row: the same answer as separate conditions, found as one bounded index range.
+    ranges: dict[str, list[list[str]]] = {}
     for name, value in request.filters:
-        where.append(condition(request.res_type, alias, name, value))
-    return alias, where
+        if ":" not in name and "." not in name and _single_valued(request.res_type, name):
+            ranges.setdefault(name, []).append(_split_values(value))
+            continue
+        source, other = _match(request.res_type, alias, name, value)
+        if source is not None:
+            query.sources.append(source)
+        else:
+            query.where.append(other)  # type: ignore[arg-type]
+    for name, groups in ranges.items():
+        param = search_param(request.res_type, name)
+        assert param is not None
+        query.sources.append(_date_sources(request.res_type, param, groups))
+    return query
 
 
 def _sort_columns(request: SearchRequest, alias: Any) -> list[Any]:
@@ -426,15 +557,45 @@ class SearchResult:
 
 
 def execute(session: Session, request: SearchRequest) -> SearchResult:
-    alias, where = base_query(request)
-    total: int | None = None
-    if request.summary_count or request.total != "none":
-        total = int(session.execute(select(func.count()).select_from(alias).where(*where)).scalar() or 0)
+    query = base_query(request)
+    alias = query.alias
+    candidates = query.candidates()
+    direct = candidates is not None and not query.where and not request.sort
+    if direct:
+        # Answered from the index tables alone: the resource table is read only for the page's resources.
+        column = candidates.subquery().c.res_pk
+    wants_total = request.summary_count or request.total != "none"
     if request.summary_count or request.count == 0:
-        return SearchResult(total, [], [], False)
-    page: Select[Any] = select(alias.c.pk).where(*where).order_by(*_sort_columns(request, alias)) \
-        .limit(request.count).offset(request.offset)
-    matches = list(session.execute(page).scalars())
+        if direct:
+            total_query = select(func.count()).select_from(column.table)
+        else:
+            total_query = select(func.count()).select_from(alias).where(*query.conditions(request.res_type))
+        return SearchResult(int(session.execute(total_query).scalar() or 0), [], [], False)
+    if direct:
+        page: Select[Any] = select(column).order_by(column)
+        counted = select(column, func.count().over()).order_by(column)
+    else:
+        where = query.conditions(request.res_type)
+        order = _sort_columns(request, alias)
+        page = select(alias.c.pk).where(*where).order_by(*order)
+        counted = select(alias.c.pk, func.count().over()).where(*where).order_by(*order)
+    total: int | None = None
+    if wants_total:
+        # The total comes with the page (one pass over the matches instead of two).
+        rows = session.execute(counted.limit(request.count).offset(request.offset)).all()
+        matches = [row[0] for row in rows]
+        if rows:
+            total = int(rows[0][1])
+        elif request.offset == 0:
+            total = 0
+        else:  # a page past the end carries no count
+            source = column.table if direct else alias
+            total_query = select(func.count()).select_from(source)
+            if not direct:
+                total_query = total_query.where(*query.conditions(request.res_type))
+            total = int(session.execute(total_query).scalar() or 0)
+    else:
+        matches = list(session.execute(page.limit(request.count).offset(request.offset)).scalars())
     includes, truncated = _includes(session, request, matches)
     return SearchResult(total, matches, includes, truncated)
 
