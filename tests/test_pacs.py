@@ -404,3 +404,21 @@ def test_bad_pacs_configuration_names_the_problem(table: dict[str, Any], message
 
     with pytest.raises(ConfigError, match=message):
         upstream_pacs(load_settings(None, {"sections": {"pacs": {"bad": table}}}, environ={}))
+
+
+@pytest.mark.parametrize("method", ["c-move", "c-get"])
+def test_a_pull_stores_what_it_retrieves_in_groups(gateway: Node, pacs: PacsData, method: str) -> None:
+    """Sub-operations of a pull do not each wait for a sync and a commit; the pull's own check decides."""
+    groups: list[int] = []
+    store_group = gateway.ingest.store_uploads
+
+    def counting(uploads: list[Path], expected_study_uid: str | None = None) -> list[Any]:
+        groups.append(len(uploads))
+        time.sleep(0.05)  # a slow disk: the next instances arrive meanwhile
+        return store_group(uploads, expected_study_uid)
+
+    gateway.ingest.store_uploads = counting  # type: ignore[method-assign]
+    job = _run_pull(gateway, studies=[pacs.study_a], method=method)
+    assert job["state"] == COMPLETED and job["result"]["totals"]["retrieved"] == 9
+    assert sum(groups) == 9 and len(groups) < 9
+    assert gateway.ingest.deferred_store_for(pacs.orthanc.ae_title) is None

@@ -170,8 +170,14 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 def store_received(node: Node, event: Event) -> int | Dataset:
-    """Store the instance of a C-STORE request (to our SCP, or within our own C-GET) on the common ingest path."""
+    """Store the instance of a C-STORE request (to our SCP, or within our own C-GET) on the common ingest path.
+
+    From a PACS a pull is retrieving from, the instance joins the pull's deferred groups (see
+    ``DeferredStore``): the pull, not the sub-operation's response, tells whether it was stored.
+    """
     request = event.request
+    sender = event.assoc.requestor.ae_title if event.assoc.is_acceptor else event.assoc.acceptor.ae_title
+    deferred = node.ingest.deferred_store_for(str(sender).strip())
     upload = node.files.new_upload()
     try:
         upload.write(part10_header(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
@@ -186,11 +192,12 @@ def store_received(node: Node, event: Event) -> int | Dataset:
     except BaseException:
         upload.discard()
         raise
+    if deferred is not None:
+        deferred.add(path)
+        return SUCCESS
     result = node.ingest.store_upload_grouped(path)
     if not result.ok:
-        log.info("C-STORE of %s from %s refused: %s", request.AffectedSOPInstanceUID,
-                 event.assoc.requestor.ae_title if event.assoc.is_acceptor else event.assoc.acceptor.ae_title,
-                 result.message)
+        log.info("C-STORE of %s from %s refused: %s", request.AffectedSOPInstanceUID, sender, result.message)
     return store_status(result)
 
 

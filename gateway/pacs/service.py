@@ -169,8 +169,11 @@ class PacsService:
                     missing = self.missing(upstream)
                     done += len(upstream) - len(missing)
                     context.progress(done=done, message=f"study {index}/{len(study_uids)}: {study_uid}", force=True)
-                    self._retrieve(transport, context, method, study_uid, upstream, missing, limiter,
-                                   rate is not None)
+                    deferred = (self.node.ingest.deferred(pacs.ae_title) if pacs.ae_title and method != "wado-rs"
+                                else contextlib.nullcontext())
+                    with deferred:  # leaving it stores what is still queued, before the check below
+                        self._retrieve(transport, context, method, study_uid, upstream, missing, limiter,
+                                       rate is not None)
                     still_missing = self.missing(upstream)
                     retrieved = len(missing) - len(still_missing)
                     done += retrieved

@@ -7,11 +7,12 @@ outcome of each instance is reported separately; one bad instance never affects 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -212,6 +213,55 @@ class _GroupedUpload:
     result: StoreResult | None = None
 
 
+class DeferredStore:
+    """Instances a pull retrieves, stored in groups by a thread of their own while more arrive.
+
+    Only for what this gateway fetched itself (C-MOVE/C-GET sub-operations of a pull): the PACS keeps the
+    original and the pull checks afterwards which instances reached the index, re-fetching the rest when it
+    is resumed, so the sub-operation need not wait for its instance to be durable. That wait (one file-system
+    sync and one index commit per instance when they arrive one after the other) is what made a pull many
+    times slower than the transfer. ``close`` stores what is left and waits.
+    """
+
+    GROUP = 64
+
+    def __init__(self, ingest: IngestService) -> None:
+        self._ingest = ingest
+        self._queue: list[Path] = []
+        self._wake = threading.Condition()
+        self._closing = False
+        self.results: list[StoreResult] = []
+        self._thread = threading.Thread(target=self._run, name="deferred-store", daemon=True)
+        self._thread.start()
+
+    def add(self, path: Path) -> None:
+        with self._wake:
+            self._queue.append(path)
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if not self._queue and self._closing:
+                    return
+                group, self._queue = self._queue[:self.GROUP], self._queue[self.GROUP:]
+            try:
+                self.results += self._ingest.store_uploads(group)
+            except Exception as exc:  # the index is unreachable: these are not stored; the pull's check says so
+                log.exception("storing retrieved instances failed")
+                self.results += [StoreResult("failed", failure_reason=PROCESSING_FAILURE,
+                                             message=f"processing failure: {exc}") for _ in group]
+
+    def close(self) -> list[StoreResult]:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        return self.results
+
+
 class IngestService:
     def __init__(self, engine: Engine, files: FileStore, bulk_threshold: int = 1024) -> None:
         self.engine = engine
@@ -222,6 +272,8 @@ class IngestService:
         self._group = threading.Condition()
         self._group_pending: list[_GroupedUpload] = []
         self._group_committing = False
+        # Pulls in progress, by the AE title of the PACS sending: their C-STOREs are stored in deferred groups.
+        self._deferred: dict[str, DeferredStore] = {}
 
     # -- storing -------------------------------------------------------------------------------------------
 
@@ -231,6 +283,21 @@ class IngestService:
     def store_upload(self, path: Path, expected_study_uid: str | None = None) -> StoreResult:
         """Store one finished upload (a PS3.10 file in the tmp dir). The upload is consumed either way."""
         return self.store_uploads([path], expected_study_uid)[0]
+
+    @contextlib.contextmanager
+    def deferred(self, sender_ae_title: str) -> Iterator[DeferredStore]:
+        """While a pull retrieves from ``sender_ae_title``, its instances go to a ``DeferredStore``."""
+        store = DeferredStore(self)
+        self._deferred[sender_ae_title] = store
+        try:
+            yield store
+        finally:
+            if self._deferred.get(sender_ae_title) is store:
+                del self._deferred[sender_ae_title]
+            store.close()
+
+    def deferred_store_for(self, sender_ae_title: str) -> DeferredStore | None:
+        return self._deferred.get(sender_ae_title)
 
     def store_upload_grouped(self, path: Path) -> StoreResult:
         """Store one upload, committed together with those other threads hand in meanwhile.

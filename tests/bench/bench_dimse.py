@@ -222,8 +222,10 @@ def raw_move_seconds(pacs: OrthancPeer, study_uid: str, folder: Path) -> float:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     port = pacs.other_modalities[STORESCP_AE]
+    # Without TCP_NODELAY=1, storescp's own Nagle holds each C-STORE response back (22 s instead of 0.8 s here).
     scp = subprocess.Popen([str(DCMTK / "storescp"), "-aet", STORESCP_AE, "+xa", "-od", str(folder), str(port)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "TCP_NODELAY": "1"})
     try:
         time.sleep(0.3)
         started = time.perf_counter()
@@ -292,6 +294,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "eucaim-bench")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown tables here")
+    parser.add_argument("--sections", default="ingest,find,pull", help="which parts to run (comma-separated)")
     args = parser.parse_args()
     exit_cleanly_on_termination()
     for tool in ("storescu", "movescu", "storescp", "echoscu"):
@@ -304,11 +307,12 @@ def main() -> int:
     lines: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="bench-dimse-"))
     try:
+        sections = set(args.sections.split(","))
         # 1. ingest
         rates: dict[tuple[str, int, bool], list[float]] = {}
         orthanc_version = ""
         variants = [(associations, nagle) for nagle in (True, False) for associations in (1, 4)]
-        for repeat in range(args.repeats):
+        for repeat in range(args.repeats if "ingest" in sections else 0):
             order = ["gateway", "orthanc"] if repeat % 2 == 0 else ["orthanc", "gateway"]
             for server in order:
                 for associations, nagle in variants:
@@ -324,66 +328,71 @@ def main() -> int:
                     log(f"ingest {server} x{associations} nagle={nagle}: {len(series.files) / seconds:.0f} "
                         "instances/s")
                     shutil.rmtree(folder, ignore_errors=True)
-        lines += [f"### C-STORE ingest from storescu: {len(series.files)} CT instances, {megabytes:.0f} MB "
-                  f"(median of {args.repeats})", "",
-                  "| storescu | associations | gateway inst/s | gateway MB/s | Orthanc inst/s | Orthanc MB/s | ratio |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
-        for associations, nagle in variants:
-            gateway_s = median(rates[("gateway", associations, nagle)])
-            orthanc_s = median(rates[("orthanc", associations, nagle)])
-            client = "default (Nagle on)" if nagle else "TCP_NODELAY=1"
-            lines.append(f"| {client} | {associations} | {len(series.files) / gateway_s:.0f} | "
-                         f"{megabytes / gateway_s:.0f} | {len(series.files) / orthanc_s:.0f} | "
-                         f"{megabytes / orthanc_s:.0f} | {orthanc_s / gateway_s:.2f}× |")
+        if "ingest" in sections:
+            lines += [f"### C-STORE ingest from storescu: {len(series.files)} CT instances, {megabytes:.0f} MB "
+                      f"(median of {args.repeats})", "",
+                      "| storescu | associations | gateway inst/s | gateway MB/s | Orthanc inst/s | Orthanc MB/s "
+                      "| ratio |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            for associations, nagle in variants:
+                gateway_s = median(rates[("gateway", associations, nagle)])
+                orthanc_s = median(rates[("orthanc", associations, nagle)])
+                client = "default (Nagle on)" if nagle else "TCP_NODELAY=1"
+                lines.append(f"| {client} | {associations} | {len(series.files) / gateway_s:.0f} | "
+                             f"{megabytes / gateway_s:.0f} | {len(series.files) / orthanc_s:.0f} | "
+                             f"{megabytes / orthanc_s:.0f} | {orthanc_s / gateway_s:.2f}× |")
 
-        # 2. C-FIND
-        finds: dict[str, dict[str, float]] = {}
-        with Gateway(work / "find-gateway") as gateway:
-            storescu(GATEWAY_AE, gateway.dimse_port, small_files, 1)
-            finds["gateway"] = find_latencies(GATEWAY_AE, gateway.dimse_port, 50)
-        with orthanc(work / "find-orthanc") as peer:
-            storescu(peer.ae_title, peer.dicom_port, small_files, 1)
-            finds["orthanc"] = find_latencies(peer.ae_title, peer.dicom_port, 50)
-        lines += ["", f"### C-FIND study level, one association, {len(small_files)} instances in "
-                  f"{len(small.studies)} studies (median of 50, ms)", "",
-                  "| query | gateway | Orthanc | ratio |", "|---|---:|---:|---:|"]
-        for label in finds["gateway"]:
-            lines.append(f"| {label} | {finds['gateway'][label]:.2f} | {finds['orthanc'][label]:.2f} | "
-                         f"{finds['gateway'][label] / finds['orthanc'][label]:.2f}× |")
+        if "find" in sections:
+            # 2. C-FIND
+            finds: dict[str, dict[str, float]] = {}
+            with Gateway(work / "find-gateway") as gateway:
+                storescu(GATEWAY_AE, gateway.dimse_port, small_files, 1)
+                finds["gateway"] = find_latencies(GATEWAY_AE, gateway.dimse_port, 50)
+            with orthanc(work / "find-orthanc") as peer:
+                storescu(peer.ae_title, peer.dicom_port, small_files, 1)
+                finds["orthanc"] = find_latencies(peer.ae_title, peer.dicom_port, 50)
+            lines += ["", f"### C-FIND study level, one association, {len(small_files)} instances in "
+                      f"{len(small.studies)} studies (median of 50, ms)", "",
+                      "| query | gateway | Orthanc | ratio |", "|---|---:|---:|---:|"]
+            for label in finds["gateway"]:
+                lines.append(f"| {label} | {finds['gateway'][label]:.2f} | {finds['orthanc'][label]:.2f} | "
+                             f"{finds['gateway'][label] / finds['orthanc'][label]:.2f}× |")
 
-        # 3. pull
-        pull_rows: list[str] = []
-        gateway_port = free_tcp_port()
-        # Orthanc's DCMTK sends with Nagle's algorithm on unless TCP_NODELAY=1 is in its environment (its own
-        # TcpNoDelay option is for HTTP): off here, so the raw transfer is not held back by dcmtk's storescp.
-        with OrthancPeer(work / "pacs", GATEWAY_AE, gateway_port,
-                         other_modalities={BENCH_AE: free_tcp_port(), STORESCP_AE: free_tcp_port()},
-                         environment={"TCP_NODELAY": "1"}) as pacs:
-            storescu(pacs.ae_title, pacs.dicom_port, series.files, 4)
-            raw: dict[str, list[float]] = {"dimse": [], "wado": [], "wado+fsync": []}
-            pulls: dict[str, list[tuple[float, float]]] = {"c-move": [], "c-get": [], "wado-rs": []}
-            for repeat in range(args.repeats):
-                raw["dimse"].append(raw_move_seconds(pacs, series.study_uid, work / "raw-move"))
-                downloaded, durable = raw_wado_seconds(pacs, series.study_uid, work / "raw-wado.bin")
-                raw["wado"].append(downloaded)
-                raw["wado+fsync"].append(durable)
-                for method in pulls:
-                    pulls[method].append(gateway_pull_seconds(work / f"pull-{method}", pacs, series.study_uid,
-                                                              method))
-                    log(f"pull {method} (run {repeat + 1}): job {pulls[method][-1][0]:.2f} s, process "
-                        f"{pulls[method][-1][1]:.2f} s")
-        references = {"c-move": [("C-MOVE → dcmtk storescp", "dimse")],
-                      "c-get": [("C-MOVE → dcmtk storescp", "dimse")],
-                      "wado-rs": [("curl WADO-RS → file", "wado"), ("curl WADO-RS → file + fsync", "wado+fsync")]}
-        for method, timings in pulls.items():
-            job, whole = median([t[0] for t in timings]), median([t[1] for t in timings])
-            for label, key in references[method]:
-                reference = median(raw[key])
-                pull_rows.append(f"| {method} | {job:.2f} | {whole:.2f} | {label}: {reference:.2f} | "
-                                 f"{job / reference:.2f}× / {whole / reference:.2f}× |")
-        lines += ["", f"### Pulling the {len(series.files)}-instance study from Orthanc (median of {args.repeats}, s)",
-                  "", "| method | gateway job | gateway process | raw transfer | ratio (job / process) |",
-                  "|---|---:|---:|---|---:|", *pull_rows]
+        if "pull" in sections:
+            # 3. pull
+            pull_rows: list[str] = []
+            gateway_port = free_tcp_port()
+            # Orthanc's DCMTK sends with Nagle's algorithm on unless TCP_NODELAY=1 is in its environment (its own
+            # TcpNoDelay option is for HTTP): off here, so the raw transfer is not held back by dcmtk's storescp.
+            with OrthancPeer(work / "pacs", GATEWAY_AE, gateway_port,
+                             other_modalities={BENCH_AE: free_tcp_port(), STORESCP_AE: free_tcp_port()},
+                             environment={"TCP_NODELAY": "1"}) as pacs:
+                storescu(pacs.ae_title, pacs.dicom_port, series.files, 4)
+                raw: dict[str, list[float]] = {"dimse": [], "wado": [], "wado+fsync": []}
+                pulls: dict[str, list[tuple[float, float]]] = {"c-move": [], "c-get": [], "wado-rs": []}
+                for repeat in range(args.repeats):
+                    raw["dimse"].append(raw_move_seconds(pacs, series.study_uid, work / "raw-move"))
+                    downloaded, durable = raw_wado_seconds(pacs, series.study_uid, work / "raw-wado.bin")
+                    raw["wado"].append(downloaded)
+                    raw["wado+fsync"].append(durable)
+                    for method in pulls:
+                        pulls[method].append(gateway_pull_seconds(work / f"pull-{method}", pacs, series.study_uid,
+                                                                  method))
+                        log(f"pull {method} (run {repeat + 1}): job {pulls[method][-1][0]:.2f} s, process "
+                            f"{pulls[method][-1][1]:.2f} s")
+            references = {"c-move": [("C-MOVE → dcmtk storescp", "dimse")],
+                          "c-get": [("C-MOVE → dcmtk storescp", "dimse")],
+                          "wado-rs": [("curl WADO-RS → file", "wado"), ("curl WADO-RS → file + fsync", "wado+fsync")]}
+            for method, timings in pulls.items():
+                job, whole = median([t[0] for t in timings]), median([t[1] for t in timings])
+                for label, key in references[method]:
+                    reference = median(raw[key])
+                    pull_rows.append(f"| {method} | {job:.2f} | {whole:.2f} | {label}: {reference:.2f} | "
+                                     f"{job / reference:.2f}× / {whole / reference:.2f}× |")
+            lines += ["", f"### Pulling the {len(series.files)}-instance study from Orthanc "
+                      f"(median of {args.repeats}, s)",
+                      "", "| method | gateway job | gateway process | raw transfer | ratio (job / process) |",
+                      "|---|---:|---:|---|---:|", *pull_rows]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     dcmtk_version = subprocess.run([str(DCMTK / "storescu"), "--version"], capture_output=True, text=True,
