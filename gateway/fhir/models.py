@@ -17,8 +17,9 @@ class FhirResource(SQLModel, table=True):
     __tablename__ = "fhir_resource"
     __table_args__ = (
         UniqueConstraint("res_type", "res_id", name="uq_fhir_resource_type_id"),
-        # deleted in the index: counting a type's current resources reads the index alone.
-        Index("ix_fhir_resource_type_current", "res_type", "deleted", "last_updated"),
+        # Ends in pk: reading a type's current resources page by page (export) is a range, never a sort.
+        Index("ix_fhir_resource_type_current", "res_type", "deleted", "pk"),
+        Index("ix_fhir_resource_type_updated", "res_type", "last_updated"),
     )
 
     pk: int | None = Field(default=None, primary_key=True)
@@ -78,8 +79,9 @@ class FhirString(SQLModel, table=True):
 class FhirDate(SQLModel, table=True):
     __tablename__ = "fhir_date"
     __table_args__ = (
+        # One range index only: given a second one on high, SQLite (without statistics) may prefer an open-ended
+        # "high > ?" range to the bounded range on low that search._date_sources builds.
         Index("ix_fhir_date_low", "res_type", "param", "wide", "low", "high", "res_pk"),
-        Index("ix_fhir_date_high", "res_type", "param", "wide", "high", "low", "res_pk"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -153,3 +155,13 @@ class FhirImagingPending(SQLModel, table=True):
     __tablename__ = "fhir_imaging_pending"
 
     study_instance_uid: str = Field(max_length=64, primary_key=True)
+
+
+class FhirTypeCount(SQLModel, table=True):
+    """Current resources per type, kept by every write (all hold the FHIR write lock): an unfiltered search's
+    total is one row, not a count of a million index entries."""
+
+    __tablename__ = "fhir_type_count"
+
+    res_type: str = Field(max_length=64, primary_key=True)
+    current: int = 0

@@ -19,6 +19,7 @@ from gateway.fhir.models import (
     FhirResourceVersion,
     FhirString,
     FhirToken,
+    FhirTypeCount,
 )
 from gateway.fhir.params import extract, index_time, instant_text, split_reference
 
@@ -108,6 +109,8 @@ def write(session: Session, resource: dict[str, Any], existing: Stored | None, r
     session.execute(insert(FhirResourceVersion.__table__).values(  # type: ignore[attr-defined]
         res_pk=pk, version_id=version_id, last_updated=stamp, method=method, deleted=False, content=content))
     reindex(session, pk, document)
+    if existing is None or existing.deleted:
+        count_current(session, document["resourceType"], 1)
     return Stored(pk, document["resourceType"], res_id, version_id, stamp, False, document)
 
 
@@ -121,7 +124,22 @@ def mark_deleted(session: Session, existing: Stored) -> Stored:
     session.execute(insert(FhirResourceVersion.__table__).values(  # type: ignore[attr-defined]
         res_pk=existing.pk, version_id=version_id, last_updated=stamp, method="DELETE", deleted=True, content=""))
     _drop_index(session, existing.pk)
+    count_current(session, existing.res_type, -1)
     return Stored(existing.pk, existing.res_type, existing.res_id, version_id, stamp, True, None)
+
+
+def count_current(session: Session, res_type: str, delta: int) -> None:
+    """Move a type's count of current resources (callers hold the FHIR write lock, so no update is lost)."""
+    table = FhirTypeCount.__table__  # type: ignore[attr-defined]
+    changed = session.execute(update(table).where(table.c.res_type == res_type)
+                              .values(current=table.c.current + delta)).rowcount
+    if not changed:
+        session.execute(insert(table).values(res_type=res_type, current=max(delta, 0)))
+
+
+def current_count(session: Session, res_type: str) -> int:
+    table = FhirTypeCount.__table__  # type: ignore[attr-defined]
+    return int(session.execute(select(table.c.current).where(table.c.res_type == res_type)).scalar() or 0)
 
 
 def _drop_index(session: Session, pk: int) -> None:

@@ -565,6 +565,17 @@ def execute(session: Session, request: SearchRequest) -> SearchResult:
         # Answered from the index tables alone: the resource table is read only for the page's resources.
         column = candidates.subquery().c.res_pk
     wants_total = request.summary_count or request.total != "none"
+    if candidates is None and not query.where:  # every resource of the type: its maintained count
+        from gateway.fhir.repository import current_count
+
+        total = current_count(session, request.res_type) if wants_total else None
+        if request.summary_count or request.count == 0:
+            return SearchResult(total, [], [], False)
+        page = select(alias.c.pk).where(*query.conditions(request.res_type)) \
+            .order_by(*_sort_columns(request, alias)).limit(request.count).offset(request.offset)
+        matches = list(session.execute(page).scalars())
+        includes, truncated = _includes(session, request, matches)
+        return SearchResult(total, matches, includes, truncated)
     if request.summary_count or request.count == 0:
         if direct:
             total_query = select(func.count()).select_from(column.table)

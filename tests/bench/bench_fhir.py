@@ -90,6 +90,9 @@ INDEX_TABLES = {FhirToken: ("system", "code", "text"), FhirString: ("value_norm"
                 FhirQuantity: ("value", "system", "code", "unit")}
 FHIR_TABLES = ("fhir_resource", "fhir_resource_version", "fhir_token", "fhir_string", "fhir_date", "fhir_reference",
                "fhir_quantity")
+# What repository.count_current keeps per write, set once for the whole load (as migration 0008 does).
+COUNT_SQL = ("INSERT INTO fhir_type_count (res_type, current) SELECT res_type, count(*) FROM fhir_resource "
+             "WHERE NOT deleted GROUP BY res_type")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -267,6 +270,8 @@ class SqliteLoader(Loader):
     def finish(self) -> None:
         for _, sql in self.saved_indexes:
             self.connection.execute(sql)
+        self.connection.execute("DELETE FROM fhir_type_count")
+        self.connection.execute(COUNT_SQL)
         self.connection.close()
 
 
@@ -299,6 +304,8 @@ class PostgresLoader(Loader):
             self.connection.execute(sql)
         self.connection.execute("SELECT setval(pg_get_serial_sequence('fhir_resource', 'pk'), "
                                 "(SELECT max(pk) FROM fhir_resource))")
+        self.connection.execute("DELETE FROM fhir_type_count")
+        self.connection.execute(COUNT_SQL)
         self.connection.execute("ANALYZE")
         self.connection.close()
 

@@ -120,3 +120,19 @@ def test_update_as_create_with_a_client_id(fhir: FhirClient) -> None:
 def test_prefer_return_minimal(fhir: FhirClient) -> None:
     response = fhir.post("Patient", json=patient(), headers={"Prefer": "return=minimal"})
     assert response.status_code == 201 and not response.content and "Location" in response.headers
+
+
+def test_unfiltered_totals_follow_creates_deletes_and_recreates(fhir: FhirClient) -> None:
+    def total(query: str) -> int:
+        return fhir.search(query)["total"]
+
+    assert total("Patient?_summary=count") == 0
+    ids = [fhir.create(patient(f"CNT{n}"))["id"] for n in range(3)]
+    assert total("Patient?_summary=count") == 3 and total("Patient") == 3
+    assert fhir.delete(f"Patient/{ids[0]}").status_code == 204
+    assert fhir.delete(f"Patient/{ids[0]}").status_code == 204  # deleting again changes nothing
+    assert total("Patient?_summary=count") == 2
+    fhir.put(f"Patient/{ids[1]}", json={**patient("CNT1"), "id": ids[1], "gender": "other"})  # an update: no change
+    assert total("Patient?_count=0") == 2
+    assert fhir.put(f"Patient/{ids[0]}", json={**patient("CNT0"), "id": ids[0]}).status_code == 201  # back again
+    assert total("Patient?_summary=count") == 3 == total(f"Patient?identifier={MRN}|")
