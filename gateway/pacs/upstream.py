@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ GET_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBas
                          JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000,
                          RLELossless, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian)
 STORE_GROUP = 32
+# Groups stored at once while the download goes on: hashing and file I/O release the GIL, so two overlap.
+STORING_THREADS = 2
 
 # DICOM JSON tags used below.
 STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = "0020000D", "0020000E", "00080018", "00080016"
@@ -390,8 +393,8 @@ class DicomwebUpstream:
         self.pending: list[Any] = []
         self.results: list[StoreResult] = []
         # Storing a group (parse, digest, sync, index) overlaps the download of the next one.
-        self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pull-store")
-        self._storing: Future[list[StoreResult]] | None = None
+        self._store_pool = ThreadPoolExecutor(max_workers=STORING_THREADS, thread_name_prefix="pull-store")
+        self._storing: deque[Future[list[StoreResult]]] = deque()
         self.limiter = RateLimiter(None)
         self._progress: Progress = lambda count: None
 
@@ -418,18 +421,17 @@ class DicomwebUpstream:
                 for match in matches]
 
     def flush(self) -> None:
-        """Hand the spooled group to the storing thread; at most one more group downloads meanwhile."""
+        """Hand the spooled group to a storing thread; with STORING_THREADS groups in hand, wait for the oldest."""
         if not self.pending:
             return
         group, self.pending = self.pending, []
-        if self._storing is not None:
-            self._collect(self._storing.result())
-        self._storing = self._store_pool.submit(self.node.ingest.store_uploads, group)
+        if len(self._storing) >= STORING_THREADS:
+            self._collect(self._storing.popleft().result())
+        self._storing.append(self._store_pool.submit(self.node.ingest.store_uploads, group))
 
     def _finish_storing(self) -> None:
-        if self._storing is not None:
-            storing, self._storing = self._storing, None
-            self._collect(storing.result())
+        while self._storing:
+            self._collect(self._storing.popleft().result())
 
     def _collect(self, results: list[StoreResult]) -> None:
         self.results += results
