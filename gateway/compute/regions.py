@@ -158,16 +158,34 @@ def _segmentation_masks(dataset: Dataset, reference: Volume, wanted: Collection[
     return masks
 
 
-def _segment_labels(dataset: Dataset) -> dict[int, str]:
+def _unique_labels(numbered: Iterable[tuple[int, str]], unnamed: str) -> dict[int, str]:
+    """Labels by number; an empty one is named after its number, a repeated one gets its number added (labels
+    need not be unique in a SEG or a structure set; keys must be)."""
     labels: dict[int, str] = {}
     seen: set[str] = set()
-    for item in dataset.get("SegmentSequence", []):
-        number = int(item.SegmentNumber)
-        label = str(item.get("SegmentLabel", "") or f"segment {number}")
-        if label in seen:  # labels need not be unique in a SEG; keys must be
+    for number, text in numbered:
+        label = text or f"{unnamed} {number}"
+        if label in seen:
             label = f"{label} ({number})"
         seen.add(label)
         labels[number] = label
+    return labels
+
+
+def segment_labels(dataset: Dataset) -> dict[int, str]:
+    """The label each segment of a SEG is known by here (as the masks of segmentation_masks_from_files are)."""
+    return _unique_labels(((int(item.SegmentNumber), str(item.get("SegmentLabel", "") or ""))
+                           for item in dataset.get("SegmentSequence", [])), "segment")
+
+
+def roi_labels(dataset: Dataset) -> dict[int, str]:
+    """The name each ROI of a structure set is known by here (as the masks of rtstruct_masks_from_files are)."""
+    return _unique_labels(((int(item.ROINumber), str(item.get("ROIName", "") or ""))
+                           for item in dataset.get("StructureSetROISequence", [])), "ROI")
+
+
+def _segment_labels(dataset: Dataset) -> dict[int, str]:
+    labels = segment_labels(dataset)
     if not labels:
         raise ValueError(f"segmentation {dataset.get('SOPInstanceUID')} describes no segments")
     return labels
@@ -397,16 +415,10 @@ def _rtstruct_masks(dataset: Dataset, reference: Volume, wanted: Collection[str]
         raise ValueError(f"structure set {uid} references series {', '.join(series)}, not the reference volume's "
                          f"series {reference.series_uid}; pass allow_other_series=True to map it by geometry "
                          f"within the same frame of reference")
-    rois: dict[int, str] = {}
-    seen: set[str] = set()
+    rois = roi_labels(dataset)
     for item in dataset.get("StructureSetROISequence", []):
-        number = int(item.ROINumber)
-        name = str(item.get("ROIName", "") or f"ROI {number}")
-        if name in seen:
-            name = f"{name} ({number})"
-        seen.add(name)
-        rois[number] = name
-        _check_frame_of_reference(item.get("ReferencedFrameOfReferenceUID"), reference, f"ROI {name!r} of {uid}")
+        _check_frame_of_reference(item.get("ReferencedFrameOfReferenceUID"), reference,
+                                  f"ROI {rois[int(item.ROINumber)]!r} of {uid}")
     contours_of: dict[int, list[np.ndarray]] = {number: [] for number in rois}
     without_area: set[int] = set()
     for item in dataset.get("ROIContourSequence", []):

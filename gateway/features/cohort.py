@@ -20,6 +20,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
+from gateway.compute.regions import roi_labels, segment_labels
 from gateway.compute.volumes import NON_IMAGE_MODALITIES
 from gateway.services.query import InvalidQuery, parse_query
 from gateway.store.models import Instance, Series, Study
@@ -197,18 +198,14 @@ def _first(dataset: Dataset, keyword: str) -> Dataset | None:
 
 
 def _seg_regions(headers: list[Dataset]) -> list[Region]:
-    """Segments by number, labelled as gateway.compute.regions labels them (a repeated label gets its number)."""
+    """Segments by number, labelled as gateway.compute.regions labels them."""
     regions: dict[int, Region] = {}
     for header in headers:
-        seen: set[str] = set()
+        labels = segment_labels(header)
         for item in header.get("SegmentSequence", []):
             number = int(item.SegmentNumber)
-            label = str(item.get("SegmentLabel", "") or f"segment {number}")
-            if label in seen:
-                label = f"{label} ({number})"
-            seen.add(label)
             regions.setdefault(number, Region(
-                segment_number=number, label=label, tracking_uid=str(item.get("TrackingUID", "") or ""),
+                segment_number=number, label=labels[number], tracking_uid=str(item.get("TrackingUID", "") or ""),
                 tracking_id=str(item.get("TrackingID", "") or ""),
                 anatomic_site=_code(_first(item, "AnatomicRegionSequence")),
                 property_type=_code(_first(item, "SegmentedPropertyTypeCodeSequence"))))
@@ -222,10 +219,9 @@ def _rtstruct_regions(headers: list[Dataset]) -> list[Region]:
         closed = {int(item.ReferencedROINumber) for item in header.get("ROIContourSequence", [])
                   if any(str(contour.get("ContourGeometricType", "")) == "CLOSED_PLANAR"
                          for contour in item.get("ContourSequence", []))}
-        for item in header.get("StructureSetROISequence", []):
-            number = int(item.ROINumber)
+        for number, label in roi_labels(header).items():
             if number in closed:
-                regions.setdefault(number, Region(segment_number=number, label=str(item.get("ROIName", ""))))
+                regions.setdefault(number, Region(segment_number=number, label=label))
     return [regions[number] for number in sorted(regions)]
 
 
