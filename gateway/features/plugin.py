@@ -16,7 +16,7 @@ from gateway.features.service import FEATURES_JOB, FeatureService
 from gateway.node import Node
 from gateway.services.jobs import JobKind, register_job_kind
 from gateway.web.auth import require_admin
-from gateway.web.problems import Problem
+from gateway.web.problems import Problem, json_response
 
 
 def _service(node: Node) -> FeatureService:
@@ -63,24 +63,21 @@ def register_web(app: Flask, node: Node) -> None:
         if not 0 < limit <= 100000:
             raise Problem(400, "limit must be between 1 and 100000")
         service = _service(current_app.extensions["gateway.node"])
-        return _json(service.results(series_uid=request.args.get("series"), study_uid=request.args.get("study"),
+        return json_response(service.results(series_uid=request.args.get("series"), study_uid=request.args.get("study"),
                                      parameter_hash=request.args.get("parameter_hash"), limit=limit))
 
     @blueprint.get("/parameter-sets")
     @require_admin
     def parameter_sets() -> Response:
-        return _json(_service(current_app.extensions["gateway.node"]).parameter_sets())
+        return json_response(_service(current_app.extensions["gateway.node"]).parameter_sets())
 
     @blueprint.get("/presets")
     @require_admin
     def presets() -> Response:
-        return _json({name: load_params(name) for name in preset_names()})
+        return json_response({name: load_params(name) for name in preset_names()})
 
     app.register_blueprint(blueprint, url_prefix="/api/features")
 
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
 def register_commands(commands: Any, common: Callable[[str], argparse.ArgumentParser]) -> None:

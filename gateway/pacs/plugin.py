@@ -12,10 +12,10 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, request
 
 from gateway.node import Node
-from gateway.pacs.service import PULL_JOB, PacsService, PullError, read_accession_numbers
+from gateway.pacs.service import PULL_JOB, PacsService, PullError, UnknownPacs, read_accession_numbers
 from gateway.pacs.upstream import STUDY_KEYS, UpstreamError
 from gateway.web.auth import require_admin
-from gateway.web.problems import Problem
+from gateway.web.problems import Problem, json_response
 
 _FILTER_OPTIONS = {  # CLI option -> study-level key
     "patient_id": "PatientID", "patient_name": "PatientName", "study_date": "StudyDate",
@@ -39,19 +39,19 @@ def register_web(app: Flask, node: Node) -> None:
         try:
             return function(*args)
         except PullError as exc:
-            raise Problem(404 if "unknown PACS" in str(exc) else 400, str(exc)) from exc
+            raise Problem(404 if isinstance(exc, UnknownPacs) else 400, str(exc)) from exc
         except UpstreamError as exc:
             raise Problem(502, str(exc)) from exc
 
     @blueprint.get("")
     @require_admin
     def list_pacs() -> Response:
-        return _json([pacs.describe() for pacs in _service().pacs.values()])
+        return json_response([pacs.describe() for pacs in _service().pacs.values()])
 
     @blueprint.get("/<name>/echo")
     @require_admin
     def echo(name: str) -> Response:
-        return _json(call(_service().echo, name))
+        return json_response(call(_service().echo, name))
 
     @blueprint.get("/<name>/studies")
     @require_admin
@@ -65,7 +65,7 @@ def register_web(app: Flask, node: Node) -> None:
             limit = int(limit_text) if limit_text else None
         except ValueError:
             raise Problem(400, f"limit must be an integer, not {limit_text!r}") from None
-        return _json(call(_service().find_studies, name, filters, limit))
+        return json_response(call(_service().find_studies, name, filters, limit))
 
     @blueprint.post("/<name>/pull")
     @require_admin
@@ -80,9 +80,6 @@ def register_web(app: Flask, node: Node) -> None:
 
     app.register_blueprint(blueprint, url_prefix="/api/pacs")
 
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
 def register_commands(commands: Any, common: Callable[[str], argparse.ArgumentParser]) -> None:

@@ -52,6 +52,10 @@ class PullError(Exception):
     """A pull cannot run as asked (configuration, unknown study); the message says what to fix."""
 
 
+class UnknownPacs(PullError):
+    """No upstream PACS of that name is configured."""
+
+
 def _valid_uid(value: str) -> bool:
     return bool(value) and len(value) <= 64 and UID(value).is_valid
 
@@ -66,7 +70,7 @@ class PacsService:
             return self.pacs[name]
         except KeyError:
             known = ", ".join(sorted(self.pacs)) or "none is configured ([pacs.NAME] tables)"
-            raise PullError(f"unknown PACS {name!r} (known: {known})") from None
+            raise UnknownPacs(f"unknown PACS {name!r} (known: {known})") from None
 
     @contextlib.contextmanager
     def query_client(self, pacs: UpstreamPacs) -> Iterator[DimseUpstream | DicomwebUpstream]:

@@ -8,22 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, json, request
+from flask import Blueprint, Response, current_app, request
 
 from gateway.services.jobs import JobError, JobRunner, job_kinds
 from gateway.web.auth import require_admin
-from gateway.web.problems import Problem
+from gateway.web.problems import Problem, json_response
 
 
 def _runner() -> JobRunner:
     return current_app.extensions["gateway.jobs"]
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(json.dumps(body), status=status, mimetype="application/json")
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
 
 
 def _call(function: Any, *args: Any) -> Any:
@@ -38,7 +31,7 @@ def submit_job(kind: str, params: dict[str, Any]) -> Response:
     node = current_app.extensions["gateway.node"]
     job = _call(node.jobs.create, node, kind, params)
     _runner().submit(job["id"])
-    return _json(job, 202, {"Location": f"/api/jobs/{job['id']}"})
+    return json_response(job, 202, {"Location": f"/api/jobs/{job['id']}"})
 
 
 def create_blueprint() -> Blueprint:
@@ -54,12 +47,12 @@ def create_blueprint() -> Blueprint:
             raise Problem(400, f"limit must be an integer, not {request.args['limit']!r}") from None
         if not 0 < limit <= 1000:
             raise Problem(400, "limit must be between 1 and 1000")
-        return _json(node.jobs.list(request.args.get("kind"), request.args.get("state"), limit))
+        return json_response(node.jobs.list(request.args.get("kind"), request.args.get("state"), limit))
 
     @blueprint.get("/kinds")
     @require_admin
     def list_kinds() -> Response:
-        return _json({name: kind.description for name, kind in sorted(job_kinds().items())})
+        return json_response({name: kind.description for name, kind in sorted(job_kinds().items())})
 
     @blueprint.post("")
     @require_admin
@@ -76,13 +69,13 @@ def create_blueprint() -> Blueprint:
     @require_admin
     def get_job(job_id: str) -> Response:
         node = current_app.extensions["gateway.node"]
-        return _json(_call(node.jobs.get, job_id))
+        return json_response(_call(node.jobs.get, job_id))
 
     @blueprint.post("/<job_id>/cancel")
     @require_admin
     def cancel_job(job_id: str) -> Response:
         node = current_app.extensions["gateway.node"]
-        return _json(_call(node.jobs.request_cancel, job_id))
+        return json_response(_call(node.jobs.request_cancel, job_id))
 
     @blueprint.post("/<job_id>/resume")
     @require_admin
@@ -90,6 +83,6 @@ def create_blueprint() -> Blueprint:
         node = current_app.extensions["gateway.node"]
         job = _call(node.jobs.make_resumable, job_id)
         _runner().submit(job_id)
-        return _json(job, 202, {"Location": f"/api/jobs/{job_id}"})
+        return json_response(job, 202, {"Location": f"/api/jobs/{job_id}"})
 
     return blueprint

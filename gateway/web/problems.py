@@ -16,6 +16,14 @@ class Problem(Exception):
         self.title = title or HTTPStatus(status).phrase
 
 
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer of the /api faces (``flask.jsonify`` would sort keys and pretty-print per app config)."""
+    response = Response(json.dumps(body), status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
 def problem_response(status: int, detail: str, title: str | None = None,
                      headers: dict[str, str] | None = None) -> Response:
     body = {"type": "about:blank", "title": title or HTTPStatus(status).phrase, "status": status,
