@@ -233,8 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_job(node: Any, kind: str, params: dict[str, Any], description: str, unit: str = "instance") -> int:
     """Create a job and run it here with a progress bar; the same job the API would run. Exit status 0/1."""
-
-
     from gateway.services.jobs import JobError
 
     try:

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.uid import UID
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from gateway.config import ConfigError
@@ -274,17 +272,13 @@ class PacsService:
 
     def _own_scp_answers(self) -> bool:
         settings = self.node.settings
-        ae = AE(ae_title=settings.ae_title)
-        ae.add_requested_context(Verification)
-        ae.acse_timeout = ae.network_timeout = 5
-        assoc = ae.associate(settings.host, settings.dimse_port or 0, ae_title=settings.ae_title)
-        if not assoc.is_established:
-            return False
+        ourselves = UpstreamPacs(name="this gateway", ae_title=settings.ae_title, host=settings.host,
+                                 port=settings.dimse_port, timeout=5.0)
         try:
-            status = assoc.send_c_echo()
-            return bool(status) and int(status.Status) == 0
-        finally:
-            assoc.release()
+            DimseUpstream(self.node, ourselves).echo()
+        except UpstreamError:
+            return False
+        return True
 
     @staticmethod
     def _wait_for_window(context: JobContext, window: TimeWindow | None) -> None:

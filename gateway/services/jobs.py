@@ -252,13 +252,11 @@ class JobService:
 
     def make_resumable(self, job_id: str) -> dict[str, Any]:
         """Put a failed, cancelled or interrupted job back in the queue (a rerun does only what is missing)."""
-        table = Job.__table__  # type: ignore[attr-defined]
         job = self._row(job_id)
         if job.state == RUNNING and _process_alive(job.owner):
             raise JobError(f"job {job_id} is running (in {job.owner})", status=409)
-        self._update(job_id, table.c.state != RUNNING, state=QUEUED, cancel_requested=False, finished_at=None)
-        if job.state == RUNNING:  # its process is gone
-            self._update(job_id, state=QUEUED, cancel_requested=False)
+        # Running here means its process is gone (checked above): it is queued again like a finished one.
+        self._update(job_id, state=QUEUED, cancel_requested=False, finished_at=None)
         return self.get(job_id)
 
     def recover_orphans(self) -> list[str]:

@@ -17,11 +17,6 @@ from gateway.ehr.mllp import MllpConfig, MllpListener
 from gateway.ehr.service import EhrService
 from gateway.node import Node
 
-try:
-    import gateway.fhir.service  # noqa: F401
-except ImportError:  # the FHIR plug-in is another engineer's slice; without it nothing can be stored
-    pytest.skip("gateway.fhir (the FHIR store these imports write to) is not importable", allow_module_level=True)
-
 MSH = "MSH|^~\\&|HIS|HULA|GATEWAY|EUCAIM|20240102120000||{type}|{control}|P|2.5.1"
 PID = "PID|1||{mrn}^^^HULA^MR||García^Ana||19600101|F"
 

@@ -238,9 +238,7 @@ def test_equivalent_settings_share_a_hash_and_presets_load(tmp_path: Path) -> No
 
 
 def test_fhir_observations_per_region_without_duplicates(node: Node) -> None:
-    fhir = node.extensions.get("fhir")
-    if fhir is None:
-        pytest.skip("the FHIR plug-in is not on this node (gateway.fhir not loaded)")
+    fhir = node.extensions["fhir"]
     study = synthetic_study(seed=5, patient_id="FHIR1")
     store_synthetic(node, study)
     params = {"cohort": f"StudyInstanceUID={study.study_uid}&Modality=CT", "params": SETTINGS}
