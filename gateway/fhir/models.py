@@ -95,6 +95,31 @@ class FhirDate(SQLModel, table=True):
     wide: bool = False
 
 
+class FhirTokenDate(SQLModel, table=True):
+    """A token and a date parameter of one resource indexed together (``[_token_date]`` in
+    search_parameters.toml): one row per (coding, date) pair of the resource.
+
+    "Observation?code=X&date=ge..&date=lt.." is then one bounded range of one index (the code's rows within the
+    dates) instead of the intersection of every resource with the code and every resource in the range, which
+    grows with the store (HAPI FHIR's "combo" search parameters answer the same need).
+    """
+
+    __tablename__ = "fhir_token_date"
+    __table_args__ = (
+        Index("ix_fhir_token_date_code", "res_type", "param", "code", "wide", "low", "high", "system", "res_pk"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    res_pk: int = Field(foreign_key="fhir_resource.pk", index=True)
+    res_type: str = Field(max_length=64)
+    param: str = Field(max_length=129)  # "<token parameter>+<date parameter>"
+    system: str | None = Field(default=None, max_length=255)
+    code: str | None = Field(default=None, max_length=255)
+    low: str = Field(max_length=26)
+    high: str = Field(max_length=26)
+    wide: bool = False
+
+
 class FhirReference(SQLModel, table=True):
     __tablename__ = "fhir_reference"
     __table_args__ = (

@@ -45,6 +45,8 @@ def definitions() -> dict[str, dict[str, SearchParam]]:
     doc = tomllib.loads(TYPES_FILE.read_text(encoding="utf-8"))
     result: dict[str, dict[str, SearchParam]] = {}
     for resource, params in doc.items():
+        if resource.startswith("_"):
+            continue
         result[resource] = {}
         for name, spec in params.items():
             if spec["type"] not in PARAM_TYPES:
@@ -52,6 +54,28 @@ def definitions() -> dict[str, dict[str, SearchParam]]:
             paths = tuple(part.strip() for part in spec["path"].split("|"))
             result[resource][name] = SearchParam(resource, name, spec["type"], paths, tuple(spec.get("target", ())))
     return result
+
+
+@cache
+def token_date_pairs() -> dict[str, tuple[tuple[str, str], ...]]:
+    """Per resource type, the (token parameter, date parameter) pairs indexed together (``[_token_date]``)."""
+    doc = tomllib.loads(TYPES_FILE.read_text(encoding="utf-8"))
+    result: dict[str, tuple[tuple[str, str], ...]] = {}
+    for resource, pairs in doc.get("_token_date", {}).items():
+        checked = []
+        for token_name, date_name in pairs:
+            token, date = search_param(resource, token_name), search_param(resource, date_name)
+            if token is None or token.type != "token" or date is None or date.type != "date":
+                raise ValueError(f"{TYPES_FILE.name}: _token_date.{resource} pairs {token_name!r} with "
+                                 f"{date_name!r}, which are not a token and a date parameter of {resource}")
+            checked.append((token_name, date_name))
+        result[resource] = tuple(checked)
+    return result
+
+
+def token_date_name(token_name: str, date_name: str) -> str:
+    """The ``param`` of a pair's rows in fhir_token_date."""
+    return f"{token_name}+{date_name}"
 
 
 def resource_types() -> list[str]:

@@ -19,11 +19,19 @@ from gateway.fhir.models import (
     FhirResourceVersion,
     FhirString,
     FhirToken,
+    FhirTokenDate,
     FhirTypeCount,
 )
-from gateway.fhir.params import extract, index_time, instant_text, split_reference
+from gateway.fhir.params import (
+    extract,
+    index_time,
+    instant_text,
+    split_reference,
+    token_date_name,
+    token_date_pairs,
+)
 
-INDEX_TABLES = (FhirToken, FhirString, FhirDate, FhirReference, FhirQuantity)
+INDEX_TABLES = (FhirToken, FhirString, FhirDate, FhirReference, FhirQuantity, FhirTokenDate)
 
 # Every literal reference of a resource is also indexed under this name, whatever element holds it: deleting a
 # referenced resource (409) and merging patients must see all of them, not only the searchable ones.
@@ -167,9 +175,15 @@ def index_rows(resource: dict[str, Any]) -> list[tuple[type, list[dict[str, Any]
         if target_id:
             references.append({"param": ANY_REFERENCE, "target_type": target_type, "target_id": target_id,
                                "url": None})
+    token_dates = [{"param": token_date_name(token_name, date_name), "system": token["system"],
+                    "code": token["code"], "low": date["low"], "high": date["high"], "wide": date["wide"]}
+                   for token_name, date_name in token_date_pairs().get(res_type, ())
+                   for token in rows.tokens if token["param"] == token_name
+                   for date in rows.dates if date["param"] == date_name]
     found = []
     for model, values in ((FhirToken, rows.tokens), (FhirString, rows.strings), (FhirDate, rows.dates),
-                          (FhirReference, references), (FhirQuantity, rows.quantities)):
+                          (FhirReference, references), (FhirQuantity, rows.quantities),
+                          (FhirTokenDate, token_dates)):
         if values:
             found.append((model, [{"res_type": res_type, **value} for value in values]))
     return found

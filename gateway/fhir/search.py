@@ -21,7 +21,15 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.fhir.errors import bad_request
-from gateway.fhir.models import FhirDate, FhirQuantity, FhirReference, FhirResource, FhirString, FhirToken
+from gateway.fhir.models import (
+    FhirDate,
+    FhirQuantity,
+    FhirReference,
+    FhirResource,
+    FhirString,
+    FhirToken,
+    FhirTokenDate,
+)
 from gateway.fhir.params import (
     HIGH_DATE,
     LOW_DATE,
@@ -31,12 +39,15 @@ from gateway.fhir.params import (
     normalise_string,
     search_param,
     split_reference,
+    token_date_name,
+    token_date_pairs,
 )
 
 RESOURCE = FhirResource.__table__  # type: ignore[attr-defined]
 TABLES = {"token": FhirToken.__table__, "string": FhirString.__table__,  # type: ignore[attr-defined]
           "date": FhirDate.__table__, "reference": FhirReference.__table__,  # type: ignore[attr-defined]
           "quantity": FhirQuantity.__table__}  # type: ignore[attr-defined]
+TOKEN_DATE = FhirTokenDate.__table__  # type: ignore[attr-defined]
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -240,22 +251,30 @@ def _match(res_type: str, alias: Any, name: str,
     return owned.where(or_(*clauses)), None
 
 
-def _date_sources(res_type: str, param: SearchParam, groups: list[list[str]]) -> Select[Any]:
+def _date_sources(res_type: str, param: SearchParam, groups: list[list[str]],
+                  token: tuple[str, list[str]] | None = None) -> Select[Any]:
     """Index rows of a date parameter meeting every group (each group: alternatives, one of which must hold).
 
     Most values (a date, a dateTime) lie within one UTC day; for those rows a bound on ``high`` from below
     also bounds ``low`` (a value ending on or after day D starts on day D or later), which turns "ge X and lt
     Y" into a bounded range of the (wide, low) index instead of everything before Y. Wider values (periods,
     a year, a month) are few and matched by the plain conditions.
+
+    With ``token`` (a token parameter indexed together with this date in fhir_token_date, and its alternatives)
+    the rows are the pair's: the code and the dates bound one range of one index.
     """
-    table = TABLES["date"]
-    conditions = [or_(*[_date_clause(table.c.low, table.c.high, item) for item in group]) for group in groups]
+    if token is None:
+        table, indexed_as, conditions = TABLES["date"], param.name, []
+    else:
+        table, indexed_as = TOKEN_DATE, token_date_name(token[0], param.name)
+        conditions = [or_(*[_token_clause(table, item, False) for item in token[1]])]
+    conditions += [or_(*[_date_clause(table.c.low, table.c.high, item) for item in group]) for group in groups]
     floors = []
     for group in groups:
         bounds = [_narrow_low_bound(item) for item in group]
         if all(bound is not None for bound in bounds):
             floors.append(min(bounds))  # type: ignore[type-var]
-    owned = select(table.c.res_pk).where(table.c.res_type == res_type, table.c.param == param.name)
+    owned = select(table.c.res_pk).where(table.c.res_type == res_type, table.c.param == indexed_as)
     narrow = owned.where(table.c.wide.is_(False), *conditions,
                          *([table.c.low >= max(floors)] if floors else []))
     wide = owned.where(table.c.wide.is_(True), *conditions)
@@ -506,12 +525,26 @@ def _path_single(res_type: str, path: str) -> bool:
 def base_query(request: SearchRequest) -> BaseQuery:
     alias = RESOURCE.alias("r")
     query = BaseQuery(alias, [], [])
+    filters = request.filters
     # Repeated bounds on one single-valued date parameter (date=ge2021-01-01&date=lt2021-04-01) are one range
     # on one index row: the same answer as separate conditions, found as one bounded index range.
     ranges: dict[str, list[list[str]]] = {}
-    for name, value in request.filters:
+    for name, value in filters:
         if ":" not in name and "." not in name and _single_valued(request.res_type, name):
             ranges.setdefault(name, []).append(_split_values(value))
+    # A plain token parameter indexed together with such a date (fhir_token_date) joins the date's range:
+    # "code=X&date=ge..&date=lt.." is then one index range over (code, date) rows, not two sets intersected.
+    paired: dict[str, tuple[str, list[str]]] = {}
+    answered: set[int] = set()  # positions in ``filters`` of the token values joined to a range
+    for token_name, date_name in token_date_pairs().get(request.res_type, ()):
+        if date_name in ranges and date_name not in paired:
+            position = next((i for i, (name, _) in enumerate(filters) if name == token_name and i not in answered),
+                            None)
+            if position is not None:
+                answered.add(position)
+                paired[date_name] = (token_name, _split_values(filters[position][1]))
+    for position, (name, value) in enumerate(filters):
+        if name in ranges or position in answered:
             continue
         source, other = _match(request.res_type, alias, name, value)
         if source is not None:
@@ -521,7 +554,7 @@ def base_query(request: SearchRequest) -> BaseQuery:
     for name, groups in ranges.items():
         param = search_param(request.res_type, name)
         assert param is not None
-        query.sources.append(_date_sources(request.res_type, param, groups))
+        query.sources.append(_date_sources(request.res_type, param, groups, paired.get(name)))
     return query
 
 

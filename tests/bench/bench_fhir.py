@@ -50,7 +50,7 @@ from _gateway import GatewayServer, default_database_url
 from _process import exit_cleanly_on_termination, log
 
 from gateway.fhir import repository
-from gateway.fhir.models import FhirDate, FhirQuantity, FhirReference, FhirString, FhirToken
+from gateway.fhir.models import FhirDate, FhirQuantity, FhirReference, FhirString, FhirToken, FhirTokenDate
 from gateway.fhir.params import index_time
 from gateway.store.db import upgrade_database
 
@@ -87,9 +87,10 @@ FIRST_DAY = dt.date(2015, 1, 1)
 DAYS = (dt.date(2024, 12, 31) - FIRST_DAY).days + 1
 INDEX_TABLES = {FhirToken: ("system", "code", "text"), FhirString: ("value_norm", "value_exact"),
                 FhirDate: ("low", "high", "wide"), FhirReference: ("target_type", "target_id", "url"),
-                FhirQuantity: ("value", "system", "code", "unit")}
+                FhirQuantity: ("value", "system", "code", "unit"),
+                FhirTokenDate: ("system", "code", "low", "high", "wide")}
 FHIR_TABLES = ("fhir_resource", "fhir_resource_version", "fhir_token", "fhir_string", "fhir_date", "fhir_reference",
-               "fhir_quantity")
+               "fhir_quantity", "fhir_token_date")
 # What repository.count_current keeps per write, set once for the whole load (as migration 0008 does).
 COUNT_SQL = ("INSERT INTO fhir_type_count (res_type, current) SELECT res_type, count(*) FROM fhir_resource "
              "WHERE NOT deleted GROUP BY res_type")

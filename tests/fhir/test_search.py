@@ -203,3 +203,85 @@ def test_unknown_parameters_lenient_and_strict(fhir: FhirClient, data: dict[str,
     strict = fhir.get("Patient?colour=blue", headers={"Prefer": "handling=strict"})
     assert strict.status_code == 400 and strict.json()["resourceType"] == "OperationOutcome"
     assert fhir.get("Patient?gender:sounds-like=x").status_code == 400
+
+
+def _plan(res_type: str, query: str) -> str:
+    from urllib.parse import parse_qsl
+
+    request = search.parse_request(res_type, parse_qsl(query))
+    return str(search.base_query(request).candidates())
+
+
+def test_code_and_date_are_one_index_range_with_the_same_answers(fhir: FhirClient, data: dict[str, Any]) -> None:
+    """A code with a date range is answered from fhir_token_date (one row per coding and date), and every answer
+    equals the intersection of the code alone and the dates alone, through updates and deletes."""
+    a = data["patients"]["a"]
+    both = fhir.create({"resourceType": "Observation", "status": "final",
+                        "code": {"coding": [{"system": LOINC, "code": "2857-1"},
+                                            {"system": "urn:oid:1.2.3.4.local", "code": "PSA"}]},
+                        "subject": {"reference": f"Patient/{a}"}, "effectiveDateTime": "2021-05-05"})
+    data["observations"]["local"] = both["id"]
+    queries = {
+        "code=2857-1&date=ge2021-01-01&date=lt2022-01-01": ("psa1", "local"),
+        "code=PSA&date=2021": ("local",),
+        f"code={quote(LOINC)}|2857-1&date=lt2021-04": ("psa1",),
+        "code=urn:oid:1.2.3.4.local|2857-1&date=2021": (),          # the system belongs to the same coding
+        "code=2039-6&date=ge2021-06-15&date=le2021-06-15": ("cea",),  # a period overlapping the day
+        "code=718-7&date=2023-02": ("hb",),                           # a month
+        "code=2857-1,2039-6&date=ge2021-01-01&date=lt2022-01-01": ("psa1", "cea", "local"),
+        "code=2857-1&code=PSA&date=2021": ("local",),                 # repeated code: both must hold
+        "code=2857-1&date=2021&date=ne2021-03-04": ("local",),
+        "code=2857-1&date=2021,2022": ("psa1", "psa2", "local"),
+    }
+    for query, expected in queries.items():
+        assert "fhir_token_date" in _plan("Observation", query), query
+        assert fhir.ids(f"Observation?{query}") == _o(data, *expected), query
+        code_part = "&".join(part for part in query.split("&") if part.startswith("code="))
+        date_part = "&".join(part for part in query.split("&") if part.startswith("date="))
+        alone = set(fhir.ids(f"Observation?{code_part}")) & set(fhir.ids(f"Observation?{date_part}"))
+        assert sorted(alone) == _o(data, *expected), query
+    # Modifiers and chains keep their own conditions: only a plain token value is joined to the dates.
+    assert "fhir_token_date" not in _plan("Observation", "code:not=2857-1&date=2021")
+    assert fhir.ids("Observation?code:not=2857-1&date=2021") == _o(data, "cea")
+    assert fhir.ids("Observation?code:text=test&date=2021") == _o(data, "psa1", "cea")
+    # The combined rows follow the resource: an update moves them, a delete removes them.
+    moved = {**fhir.get(f"Observation/{both['id']}").json(), "effectiveDateTime": "2020-02-02"}
+    assert fhir.put(f"Observation/{both['id']}", json=moved).status_code == 200
+    assert fhir.ids("Observation?code=PSA&date=2021") == []
+    assert fhir.ids("Observation?code=PSA&date=2020") == _o(data, "local")
+    assert fhir.delete(f"Observation/{both['id']}").status_code in (200, 204)
+    assert fhir.ids("Observation?code=PSA&date=2020") == []
+
+
+def test_token_date_migration_fills_the_pairs_from_existing_rows(tmp_path: Any) -> None:
+    """Revision 0009 builds fhir_token_date from the token and date rows a store already has."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from gateway.store.db import alembic_config, upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0008")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO fhir_resource (pk, res_type, res_id, version_id, last_updated, deleted, "
+                                "content) VALUES (1, 'Observation', 'o1', 1, '2021-01-01T00:00:00.000000', 0, '{}'), "
+                                "(2, 'Condition', 'c1', 1, '2021-01-01T00:00:00.000000', 0, '{}')"))
+        connection.execute(text("INSERT INTO fhir_token (res_pk, res_type, param, system, code) VALUES "
+                                "(1, 'Observation', 'code', 'http://loinc.org', '2857-1'), "
+                                "(1, 'Observation', 'code', 'urn:local', 'PSA'), "
+                                "(1, 'Observation', 'category', NULL, 'laboratory'), "
+                                "(2, 'Condition', 'code', NULL, 'C61')"))
+        connection.execute(text("INSERT INTO fhir_date (res_pk, res_type, param, low, high, wide) VALUES "
+                                "(1, 'Observation', 'date', '2021-03-04T00:00:00.000000', "
+                                "'2021-03-04T23:59:59.999999', 0), "
+                                "(2, 'Condition', 'recorded-date', '2021-03-04T00:00:00.000000', "
+                                "'2021-03-04T23:59:59.999999', 0)"))
+    upgrade_database(url)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT res_pk, param, system, code, low FROM fhir_token_date "
+                                       "ORDER BY code")).all()
+    engine.dispose()
+    assert [tuple(row) for row in rows] == [
+        (1, "code+date", "http://loinc.org", "2857-1", "2021-03-04T00:00:00.000000"),
+        (1, "code+date", "urn:local", "PSA", "2021-03-04T00:00:00.000000")]
