@@ -156,10 +156,30 @@ def _drop_index(session: Session, pk: int) -> None:
         session.execute(delete(table).where(table.c.res_pk == pk))
 
 
+def current_batch(session: Session, res_types: list[str], after_pk: int, limit: int) -> list[tuple[int, str]]:
+    """(pk, JSON text) of current resources of these types with pk above ``after_pk``, in pk order."""
+    table = FhirResource.__table__  # type: ignore[attr-defined]
+    return [(row.pk, row.content) for row in session.execute(
+        select(table.c.pk, table.c.content).where(table.c.res_type.in_(res_types), table.c.deleted.is_(False),
+                                                  table.c.pk > after_pk).order_by(table.c.pk).limit(limit))]
+
+
 def reindex(session: Session, pk: int, resource: dict[str, Any]) -> None:
-    _drop_index(session, pk)
-    for model, values in index_rows(resource):
-        session.execute(insert(model.__table__), [{"res_pk": pk, **value} for value in values])  # type: ignore[attr-defined]
+    reindex_many(session, [(pk, resource)])
+
+
+def reindex_many(session: Session, resources: list[tuple[int, dict[str, Any]]]) -> None:
+    """Replace the search-index rows of stored resources (pk, JSON): one delete and one insert per table."""
+    pks = [pk for pk, _ in resources]
+    for model in INDEX_TABLES:
+        table = model.__table__  # type: ignore[attr-defined]
+        session.execute(delete(table).where(table.c.res_pk.in_(pks)))
+    rows: dict[type, list[dict[str, Any]]] = {}
+    for pk, resource in resources:
+        for model, values in index_rows(resource):
+            rows.setdefault(model, []).extend({"res_pk": pk, **value} for value in values)
+    for model, values in rows.items():
+        session.execute(insert(model.__table__), values)  # type: ignore[attr-defined]
 
 
 def index_rows(resource: dict[str, Any]) -> list[tuple[type, list[dict[str, Any]]]]:
