@@ -221,6 +221,47 @@ def test_a_pull_again_moves_only_what_is_missing(gateway: Node, pacs: PacsData) 
             assert _data_set(_stored_file(gateway, sop_uid)) == _data_set(pacs.dcmtk_received[sop_uid])
 
 
+@pytest.mark.parametrize("method", ["c-move", "wado-rs"])
+def test_new_series_are_retrieved_unlisted_and_a_short_one_is_listed(gateway: Node, pacs: PacsData, method: str,
+                                                                    caplog: pytest.LogCaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A series of which nothing is here is retrieved whole without listing its instances first (the count the
+    PACS announces is checked afterwards); when fewer arrive, its list names the missing ones."""
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        job = _run_pull(gateway, studies=[pacs.study_a], method=method)
+    assert job["state"] == COMPLETED and job["result"]["totals"]["retrieved"] == 9, job
+    image_finds = [r.getMessage() for r in caplog.records if "event=upstream-c-find" in r.getMessage()
+                   and "level=IMAGE" in r.getMessage()]
+    assert image_finds == []  # two series, both new: no instance was listed
+    # One instance of study B cannot be stored (as if the disk had refused it): its series comes up one short.
+    from gateway.dicom.status import PROCESSING_FAILURE, InstanceRejected
+    from gateway.services import ingest
+
+    lost = pacs.sop_uids[pacs.study_b][2]
+    parse = ingest.parse_instance
+
+    def refusing(path: Path, *args: Any) -> Any:
+        parsed = parse(path, *args)
+        if parsed.sop_instance_uid == lost:
+            raise InstanceRejected(PROCESSING_FAILURE, "refused by the test")
+        return parsed
+
+    monkeypatch.setattr(ingest, "parse_instance", refusing)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        short = _run_pull(gateway, studies=[pacs.study_b], method=method)
+    assert short["state"] == FAILED and "1 of 4 instances could not be retrieved" in short["error"], short
+    listed = [r.getMessage() for r in caplog.records if "event=upstream-c-find" in r.getMessage()
+              and "level=IMAGE" in r.getMessage()]
+    assert len(listed) == 1 and "matches=4" in listed[0]  # the short series, listed after its retrieval
+    assert gateway.counts()["instances"] == 9 + 3
+    monkeypatch.undo()
+    resumed = gateway.jobs.run(gateway, gateway.jobs.make_resumable(short["id"])["id"])
+    assert resumed["state"] == COMPLETED, resumed
+    assert resumed["result"]["totals"] == {"studies": 1, "instances": 4, "alreadyPresent": 3, "retrieved": 1,
+                                           "failed": 0}
+
+
 def test_bulk_pull_from_a_csv_of_accession_numbers_is_rate_limited(gateway: Node, pacs: PacsData,
                                                                    tmp_path: Path) -> None:
     from gateway.pacs.service import read_accession_numbers

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -292,3 +293,56 @@ def test_concurrent_single_stores_are_committed_in_groups(node: Node) -> None:
         assert connection.execute(select(func.count()).select_from(StoredInstance)).scalar() == 36
     again = node.ingest.store_upload_grouped(node.files.upload_from_bytes(payloads[0][0]))
     assert again.status == "duplicate"
+
+
+def test_spooled_upload_digests_the_data_set_as_it_is_written(tmp_path: Path) -> None:
+    """The digest computed while spooling equals the one read back from the file, however the bytes arrive;
+    an upload whose start is not a PS3.10 layout gets none (the file is read instead)."""
+    from gateway.services.ingest import _data_set_digest
+    from gateway.store.files import SpooledUpload
+
+    part10 = to_bytes(make_dataset(rows=16, columns=16))
+    assert part10[128:132] == b"DICM"
+    meta = pydicom.dcmread(io.BytesIO(part10), stop_before_pixels=True).file_meta
+    expected = _data_set_digest_of(part10, meta, tmp_path, _data_set_digest)
+    no_preamble = part10[132:]
+    for data, sizes in ((part10, [len(part10)]), (part10, [1] * 200 + [len(part10)]), (part10, [143, 1, 7, 10_000]),
+                        (no_preamble, [5, 7, len(no_preamble)]), (part10[:140], [140])):
+        upload = SpooledUpload(tmp_path)
+        position = 0
+        for size in sizes:
+            upload.write(memoryview(data)[position:position + size])
+            position += size
+        assert upload.size == len(data) and position >= len(data)
+        finished = upload.finished()
+        assert finished.path.read_bytes() == data
+        assert finished.data_set_sha256 == (None if len(data) < 144 else expected), sizes
+    other = SpooledUpload(tmp_path)
+    other.write(b"\x01" * 500)
+    assert other.finished().data_set_sha256 is None
+
+
+def _data_set_digest_of(part10: bytes, meta: object, folder: Path, digest: Any) -> str:
+    path = folder / "reference.dcm"
+    path.write_bytes(part10)
+    return str(digest(path, meta))
+
+
+def test_dimse_part10_header_is_the_standard_file_meta_encoding() -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import encode_file_meta
+
+    from gateway.dimse.handlers import FILE_META_VERSION_NAME, IMPLEMENTATION_CLASS_UID, part10_header
+    from gateway.services.ingest import PREAMBLE
+
+    for sop_class, sop_instance, syntax in (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.840.10008.1.2.1"),
+                                            ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.44", "1.2.840.10008.1.2.4.50")):
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        meta.MediaStorageSOPClassUID = UID(sop_class)
+        meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+        meta.TransferSyntaxUID = UID(syntax)
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+        meta.ImplementationVersionName = FILE_META_VERSION_NAME
+        assert part10_header(sop_class, sop_instance, syntax) == PREAMBLE + encode_file_meta(meta)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import socket
+import struct
 import threading
 import types
 import uuid
@@ -19,12 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import (
@@ -145,15 +145,32 @@ def _receive(transport: Any, nr_bytes: int) -> bytearray:
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """Preamble and File Meta Information for a data set received in ``transfer_syntax``."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = FILE_META_VERSION_NAME
-    return PREAMBLE + encode_file_meta(meta)
+    """Preamble and File Meta Information (PS3.10 7.1, Explicit VR Little Endian) for a data set received in
+    ``transfer_syntax``.
+
+    Written directly rather than through a pydicom Dataset: it is per received instance, and building and
+    encoding a Dataset cost a millisecond there, as much as storing the rest of a small instance.
+    """
+    elements = (_meta_element(0x0001, b"OB", b"\x00\x01")
+                + _meta_element(0x0002, b"UI", _uid_bytes(sop_class_uid))
+                + _meta_element(0x0003, b"UI", _uid_bytes(sop_instance_uid))
+                + _meta_element(0x0010, b"UI", _uid_bytes(transfer_syntax))
+                + _meta_element(0x0012, b"UI", _uid_bytes(IMPLEMENTATION_CLASS_UID))
+                + _meta_element(0x0013, b"SH", FILE_META_VERSION_NAME.encode("ascii")))
+    return PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(elements))) + elements
+
+
+def _uid_bytes(uid: str) -> bytes:
+    value = str(uid).strip("\x00 ").encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b" "
+    if vr in (b"OB", b"OW", b"UN", b"UT"):  # 4-byte length after two reserved bytes
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
 
 def store_status(result: StoreResult) -> int | Dataset:
@@ -184,7 +201,7 @@ def store_received(node: Node, event: Event) -> int | Dataset:
                                    event.context.transfer_syntax))
         with request.DataSet.getbuffer() as received:  # the data set exactly as it came over the wire
             upload.write(received)
-        path = upload.finish()
+        finished = upload.finished()
     except OSError as exc:
         upload.discard()
         log.error("cannot spool a received instance: %s", exc)
@@ -193,9 +210,9 @@ def store_received(node: Node, event: Event) -> int | Dataset:
         upload.discard()
         raise
     if deferred is not None:
-        deferred.add(path)
+        deferred.add(finished)
         return SUCCESS
-    result = node.ingest.store_upload_grouped(path)
+    result = node.ingest.store_upload_grouped(finished)
     if not result.ok:
         log.info("C-STORE of %s from %s refused: %s", request.AffectedSOPInstanceUID, sender, result.message)
     return store_status(result)

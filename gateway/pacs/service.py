@@ -1,8 +1,9 @@
 """Finding studies in an upstream PACS and pulling them into the gateway: resumable, idempotent, rate-limited.
 
-A pull compares the PACS's inventory of each study (its instances' UIDs) with what the store holds and
-retrieves only the difference: whole series where nothing of a series is here yet, single instances
-otherwise. Re-running a pull, or resuming one a crash interrupted, therefore moves only what is missing.
+A pull compares the PACS's inventory of each study with what the store holds and retrieves only the
+difference: a series of which nothing is here yet is retrieved whole (and its instances listed only if fewer
+than the PACS announced arrive), of the others the instances not here. Re-running a pull, or resuming one a
+crash interrupted, therefore moves only what is missing.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ from gateway.pacs.upstream import (
     DimseUpstream,
     RateLimiter,
     RetrieveOutcome,
+    SeriesInventory,
     UpstreamError,
     UpstreamInstance,
     first_value,
     study_summary,
 )
 from gateway.services.jobs import JobContext, JobError, JobKind, register_job_kind
-from gateway.store.models import Instance
+from gateway.store.models import Instance, Series
 
 log = logging.getLogger(__name__)
 
@@ -152,44 +154,62 @@ class PacsService:
         summary: dict[str, Any] = {"pacs": pacs.name, "method": method, "studies": [], "notFound": not_found,
                                    "totals": {"studies": len(study_uids), "instances": 0, "alreadyPresent": 0,
                                               "retrieved": 0, "failed": 0}}
-        inventories: dict[str, list[UpstreamInstance]] = {}
+        inventories: dict[str, list[SeriesInventory]] = {}
         done = total = 0
+        paced = rate is not None
         with self.query_client(pacs) as client:
             for index, study_uid in enumerate(study_uids, 1):
                 context.check_cancelled()
-                inventories[study_uid] = client.inventory(study_uid)
-                total += len(inventories[study_uid])
+                inventories[study_uid] = client.series_inventory(study_uid)
+                for series in inventories[study_uid]:
+                    # Listed now unless it can be retrieved whole unlisted (see _needs_listing).
+                    if self._needs_listing(series, method, paced):
+                        client.list_series(series)
+                total += sum(series.size for series in inventories[study_uid])
                 context.progress(done=0, total=total, message=f"listing study {index}/{len(study_uids)}")
-        receiver = self._move_receiver(pacs) if method == "c-move" else contextlib.nullcontext()
-        transport: DimseUpstream | DicomwebUpstream = (DicomwebUpstream(self.node, pacs) if method == "wado-rs"
-                                                       else DimseUpstream(self.node, pacs))
-        try:
-            with receiver:
-                for index, study_uid in enumerate(study_uids, 1):
-                    self._wait_for_window(context, window)
-                    upstream = inventories[study_uid]
-                    missing = self.missing(upstream)
-                    done += len(upstream) - len(missing)
-                    context.progress(done=done, message=f"study {index}/{len(study_uids)}: {study_uid}", force=True)
-                    deferred = (self.node.ingest.deferred(pacs.ae_title) if pacs.ae_title and method != "wado-rs"
-                                else contextlib.nullcontext())
-                    with deferred:  # leaving it stores what is still queued, before the check below
-                        self._retrieve(transport, context, method, study_uid, upstream, missing, limiter,
-                                       rate is not None)
-                    still_missing = self.missing(upstream)
-                    retrieved = len(missing) - len(still_missing)
-                    done += retrieved
-                    context.progress(done=done, force=True)
-                    entry = {"study": study_uid, "instances": len(upstream),
-                             "alreadyPresent": len(upstream) - len(missing), "retrieved": retrieved,
-                             "failed": len(still_missing)}
-                    if still_missing:
-                        entry["missing"] = [instance.sop_uid for instance in still_missing[:20]]
-                    summary["studies"].append(entry)
-                    for key in ("instances", "alreadyPresent", "retrieved", "failed"):
-                        summary["totals"][key] += entry[key]
-        finally:
-            transport.close()
+            receiver = self._move_receiver(pacs) if method == "c-move" else contextlib.nullcontext()
+            transport: DimseUpstream | DicomwebUpstream = (DicomwebUpstream(self.node, pacs) if method == "wado-rs"
+                                                           else DimseUpstream(self.node, pacs))
+            try:
+                with receiver:
+                    for index, study_uid in enumerate(study_uids, 1):
+                        self._wait_for_window(context, window)
+                        inventory = inventories[study_uid]
+                        listed = [i for series in inventory if series.instances is not None for i in series.instances]
+                        missing = self.missing(listed)
+                        unlisted = [series for series in inventory if series.instances is None]
+                        wanted = len(missing) + sum(series.size for series in unlisted)
+                        present = len(listed) - len(missing)
+                        done += present
+                        context.progress(done=done, message=f"study {index}/{len(study_uids)}: {study_uid}",
+                                         force=True)
+                        deferred = (self.node.ingest.deferred(pacs.ae_title) if pacs.ae_title and method != "wado-rs"
+                                    else contextlib.nullcontext())
+                        with deferred:  # leaving it stores what is still queued, before the check below
+                            self._retrieve(transport, context, method, study_uid, inventory, missing, limiter, paced)
+                        # A series retrieved unlisted is complete when the store holds as many of its instances
+                        # as the PACS announced; otherwise its list says which are missing.
+                        for series in unlisted:
+                            if self.stored_in_series(series.series_uid) < series.size:
+                                client.list_series(series)
+                        missing_uids = {instance.sop_uid for instance in missing}
+                        listed_afterwards = {id(series) for series in unlisted if series.instances is not None}
+                        still_missing = self.missing(
+                            [instance for series in inventory if series.instances is not None
+                             for instance in series.instances
+                             if id(series) in listed_afterwards or instance.sop_uid in missing_uids])
+                        retrieved = wanted - len(still_missing)
+                        done += retrieved
+                        context.progress(done=done, force=True)
+                        entry = {"study": study_uid, "instances": present + wanted, "alreadyPresent": present,
+                                 "retrieved": retrieved, "failed": len(still_missing)}
+                        if still_missing:
+                            entry["missing"] = [instance.sop_uid for instance in still_missing[:20]]
+                        summary["studies"].append(entry)
+                        for key in ("instances", "alreadyPresent", "retrieved", "failed"):
+                            summary["totals"][key] += entry[key]
+            finally:
+                transport.close()
         failed = summary["totals"]["failed"]
         context.progress(done=done, total=total, force=True,
                          message=f"{summary['totals']['retrieved']} retrieved, {summary['totals']['alreadyPresent']} "
@@ -200,25 +220,46 @@ class PacsService:
                             f"(resume the job to retry them)")
         return summary
 
+    def _needs_listing(self, series: SeriesInventory, method: str, paced: bool) -> bool:
+        """Whether a series' instances must be listed before retrieving it.
+
+        Not when nothing of it is stored here and its size is announced: then it is retrieved whole and counted
+        afterwards. Part of it here means retrieving just the rest; a C-GET proposes a context per SOP class
+        of its instances; a paced C-MOVE asks for one instance at a time.
+        """
+        if series.instances is not None:
+            return False
+        return (series.announced is None or method == "c-get" or (paced and method == "c-move")
+                or self.stored_in_series(series.series_uid) > 0)
+
+    def stored_in_series(self, series_uid: str) -> int:
+        with self.node.engine.connect() as connection:
+            return int(connection.execute(select(Series.num_instances).where(
+                Series.series_instance_uid == series_uid)).scalar() or 0)
+
     def _retrieve(self, transport: DimseUpstream | DicomwebUpstream, context: JobContext, method: str,
-                  study_uid: str, upstream: list[UpstreamInstance], missing: list[UpstreamInstance],
+                  study_uid: str, inventory: list[SeriesInventory], missing: list[UpstreamInstance],
                   limiter: RateLimiter, paced: bool) -> None:
-        if not missing:
-            return
-        by_series: dict[str, list[UpstreamInstance]] = defaultdict(list)
+        """Whole series where none of a listed series is here, or it is unlisted; single instances otherwise."""
+        missing_by_series: dict[str, list[UpstreamInstance]] = defaultdict(list)
         for instance in missing:
-            by_series[instance.series_uid].append(instance)
-        upstream_counts: dict[str, int] = defaultdict(int)
-        for instance in upstream:
-            upstream_counts[instance.series_uid] += 1
+            missing_by_series[instance.series_uid].append(instance)
 
         def progress(count: int) -> None:
             context.progress(advance=count)
             context.check_cancelled()
 
-        for series_uid, instances in by_series.items():
+        for series in inventory:
             context.check_cancelled()
-            whole_series = len(instances) == upstream_counts.get(series_uid, -1)
+            if series.instances is None:
+                instances: list[UpstreamInstance] = []
+                whole_series = True
+            else:
+                instances = missing_by_series.get(series.series_uid, [])
+                if not instances:
+                    continue
+                whole_series = len(instances) == len(series.instances)
+            series_uid = series.series_uid
             # Pacing a C-MOVE means one instance per request; C-GET and WADO-RS are paced as they stream.
             per_instance = not whole_series or (paced and method == "c-move")
             requests_: list[list[str] | None] = ([[i.sop_uid] for i in instances] if per_instance else [None])

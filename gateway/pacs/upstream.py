@@ -94,6 +94,20 @@ class UpstreamInstance:
 
 
 @dataclass
+class SeriesInventory:
+    """A series of a study in the PACS: the instance count it announces and, once listed, its instances."""
+
+    study_uid: str
+    series_uid: str
+    announced: int | None
+    instances: list[UpstreamInstance] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.instances) if self.instances is not None else (self.announced or 0)
+
+
+@dataclass
 class RetrieveOutcome:
     completed: int = 0
     failed: int = 0
@@ -138,6 +152,10 @@ class Upstream(Protocol):
     def find_studies(self, filters: dict[str, str], limit: int | None = None) -> list[dict[str, Any]]: ...
 
     def inventory(self, study_uid: str) -> list[UpstreamInstance]: ...
+
+    def series_inventory(self, study_uid: str) -> list[SeriesInventory]: ...
+
+    def list_series(self, series: SeriesInventory) -> list[UpstreamInstance]: ...
 
     def close(self) -> None: ...
 
@@ -214,32 +232,49 @@ class DimseUpstream:
         return matches[:limit] if limit else matches
 
     def inventory(self, study_uid: str) -> list[UpstreamInstance]:
-        """Every instance of a study: a SERIES-level C-FIND, then an IMAGE-level one per series (hierarchical).
-
-        A short list would make a pull report complete with instances missing, so each series' list is checked
-        against the count the PACS announces for it (asked again once, then refused when they disagree).
-        """
+        """Every instance of a study: its series (``series_inventory``), each listed (``list_series``)."""
         instances: list[UpstreamInstance] = []
+        for series in self.series_inventory(study_uid):
+            instances += self.list_series(series)
+        return instances
+
+    def series_inventory(self, study_uid: str) -> list[SeriesInventory]:
+        """The series of a study with the instance counts the PACS announces (one SERIES-level C-FIND); their
+        instances are listed only where needed (``list_series``): a series absent here is retrieved whole, and
+        listing 500 instances costs about as much as retrieving them."""
         with self.associate([build_context(StudyRootQueryRetrieveInformationModelFind)]) as assoc:
             series_query = Dataset()
             series_query.QueryRetrieveLevel = "SERIES"
             series_query.StudyInstanceUID = study_uid
             series_query.SeriesInstanceUID = ""
             series_query.NumberOfSeriesRelatedInstances = ""
-            announced: dict[str, int | None] = {}
+            found = []
             for match in self._find(assoc, series_query):
                 count = first_value(match.get(SERIES_INSTANCE_COUNT))
-                announced[str(first_value(match.get(SERIES_UID)))] = int(count) if count not in (None, "") else None
-            for series_uid, expected in announced.items():
-                listed = self._series_instances(assoc, study_uid, series_uid)
-                if expected is not None and len(listed) != expected:
-                    listed = self._series_instances(assoc, study_uid, series_uid)
-                    if len(listed) != expected:
-                        raise UpstreamError(f"PACS {self.pacs.name} announces {expected} instances in series "
-                                            f"{series_uid} but lists {len(listed)}")
-                instances += listed
-        audit("upstream-c-find", pacs=self.pacs.name, level="IMAGE", study=study_uid, matches=len(instances))
-        return instances
+                found.append(SeriesInventory(study_uid, str(first_value(match.get(SERIES_UID))),
+                                             int(count) if count not in (None, "") else None))
+        audit("upstream-c-find", pacs=self.pacs.name, level="SERIES", study=study_uid, matches=len(found))
+        return found
+
+    def list_series(self, series: SeriesInventory) -> list[UpstreamInstance]:
+        """The instances of a series (IMAGE-level C-FIND), kept in ``series.instances``.
+
+        A short list would make a pull report complete with instances missing, so the list is checked against
+        the count the PACS announces (asked again once, then refused when they disagree).
+        """
+        if series.instances is not None:
+            return series.instances
+        with self.associate([build_context(StudyRootQueryRetrieveInformationModelFind)]) as assoc:
+            listed = self._series_instances(assoc, series.study_uid, series.series_uid)
+            if series.announced is not None and len(listed) != series.announced:
+                listed = self._series_instances(assoc, series.study_uid, series.series_uid)
+                if len(listed) != series.announced:
+                    raise UpstreamError(f"PACS {self.pacs.name} announces {series.announced} instances in series "
+                                        f"{series.series_uid} but lists {len(listed)}")
+        audit("upstream-c-find", pacs=self.pacs.name, level="IMAGE", study=series.study_uid,
+              series=series.series_uid, matches=len(listed))
+        series.instances = listed
+        return listed
 
     def _series_instances(self, assoc: Association, study_uid: str, series_uid: str) -> list[UpstreamInstance]:
         image_query = Dataset()
@@ -365,7 +400,7 @@ class _StoringSink:
     def complete(self) -> None:
         if self.upload is not None:
             self.owner.limiter.wait()
-            self.owner.pending.append(self.upload.finish())
+            self.owner.pending.append(self.upload.finished())
             if len(self.owner.pending) >= STORE_GROUP:
                 self.owner.flush()
 
@@ -419,6 +454,26 @@ class DicomwebUpstream:
         return [UpstreamInstance(study_uid, str(first_value(match.get(SERIES_UID))),
                                  str(first_value(match.get(SOP_UID))), str(first_value(match.get(SOP_CLASS)) or ""))
                 for match in matches]
+
+    def series_inventory(self, study_uid: str) -> list[SeriesInventory]:
+        """One QIDO-RS request lists the whole study: every series comes listed."""
+        by_series: dict[str, SeriesInventory] = {}
+        for instance in self.inventory(study_uid):
+            series = by_series.setdefault(instance.series_uid, SeriesInventory(study_uid, instance.series_uid, 0, []))
+            assert series.instances is not None
+            series.instances.append(instance)
+            series.announced = len(series.instances)
+        return list(by_series.values())
+
+    def list_series(self, series: SeriesInventory) -> list[UpstreamInstance]:
+        if series.instances is None:
+            matches = self._qido(lambda: self.client.search_for_instances(
+                study_instance_uid=series.study_uid, series_instance_uid=series.series_uid,
+                fields=["SOPClassUID"], get_remaining=True), "QIDO-RS instance search")
+            series.instances = [UpstreamInstance(series.study_uid, series.series_uid,
+                                                 str(first_value(match.get(SOP_UID))),
+                                                 str(first_value(match.get(SOP_CLASS)) or "")) for match in matches]
+        return series.instances
 
     def flush(self) -> None:
         """Hand the spooled group to a storing thread; with STORING_THREADS groups in hand, wait for the oldest."""

@@ -12,7 +12,8 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from gateway.dicom.status import (
 from gateway.dicom.tags import tag_hex
 from gateway.dicom.uids import InvalidUID, validate_uid
 from gateway.store.db import write_session
-from gateway.store.files import FileStore
+from gateway.store.files import FileStore, FinishedUpload
 from gateway.store.index_writer import GroupIndexWriter, IndexRecord
 from gateway.store.models import Instance, Patient, Series, Study, StudyModality, utcnow
 
@@ -156,8 +157,11 @@ def add_missing_preamble(path: Path) -> bool:
     return True
 
 
-def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
-    """Read and validate one uploaded Part 10 file; raise InstanceRejected with the reason otherwise."""
+def parse_instance(path: Path, bulk_threshold: int, data_set_sha256: str | None = None) -> ParsedInstance:
+    """Read and validate one uploaded Part 10 file; raise InstanceRejected with the reason otherwise.
+
+    ``data_set_sha256``: the digest computed while the file was spooled (read from the file otherwise).
+    """
     file_size = path.stat().st_size
     if file_size == 0:
         raise InstanceRejected(CANNOT_UNDERSTAND, "the part is empty")
@@ -192,7 +196,8 @@ def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
             validate_uid(raw, keyword)
         except InvalidUID as exc:
             raise InstanceRejected(CANNOT_UNDERSTAND, str(exc)) from exc
-    return ParsedInstance(index_fields(metadata), transfer_syntax, metadata, _data_set_digest(path, meta))
+    return ParsedInstance(index_fields(metadata), transfer_syntax, metadata,
+                          data_set_sha256 or _data_set_digest(path, meta))
 
 
 def _data_set_digest(path: Path, meta: Any) -> str:
@@ -209,7 +214,7 @@ def _data_set_digest(path: Path, meta: Any) -> str:
 
 @dataclass
 class _GroupedUpload:
-    path: Path
+    upload: Path | FinishedUpload
     result: StoreResult | None = None
 
 
@@ -224,19 +229,23 @@ class DeferredStore:
     """
 
     GROUP = 64
+    # How long a group waits for more instances: the sync and commit each group pays (two file-system syncs,
+    # a few index queries) dominate when groups stay small, as they do when the storing thread, always free,
+    # takes the two or three instances that arrived while it stored the last group.
+    COLLECT_S = 0.25
 
     def __init__(self, ingest: IngestService) -> None:
         self._ingest = ingest
-        self._queue: list[Path] = []
+        self._queue: list[Path | FinishedUpload] = []
         self._wake = threading.Condition()
         self._closing = False
         self.results: list[StoreResult] = []
         self._thread = threading.Thread(target=self._run, name="deferred-store", daemon=True)
         self._thread.start()
 
-    def add(self, path: Path) -> None:
+    def add(self, upload: Path | FinishedUpload) -> None:
         with self._wake:
-            self._queue.append(path)
+            self._queue.append(upload)
             self._wake.notify()
 
     def _run(self) -> None:
@@ -246,6 +255,12 @@ class DeferredStore:
                     self._wake.wait()
                 if not self._queue and self._closing:
                     return
+                deadline = time.monotonic() + self.COLLECT_S
+                while len(self._queue) < self.GROUP and not self._closing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wake.wait(remaining)
                 group, self._queue = self._queue[:self.GROUP], self._queue[self.GROUP:]
             try:
                 self.results += self._ingest.store_uploads(group)
@@ -280,9 +295,9 @@ class IngestService:
     def store_bytes(self, data: bytes, expected_study_uid: str | None = None) -> StoreResult:
         return self.store_upload(self.files.upload_from_bytes(data), expected_study_uid)
 
-    def store_upload(self, path: Path, expected_study_uid: str | None = None) -> StoreResult:
+    def store_upload(self, upload: Path | FinishedUpload, expected_study_uid: str | None = None) -> StoreResult:
         """Store one finished upload (a PS3.10 file in the tmp dir). The upload is consumed either way."""
-        return self.store_uploads([path], expected_study_uid)[0]
+        return self.store_uploads([upload], expected_study_uid)[0]
 
     @contextlib.contextmanager
     def deferred(self, sender_ae_title: str) -> Iterator[DeferredStore]:
@@ -299,7 +314,7 @@ class IngestService:
     def deferred_store_for(self, sender_ae_title: str) -> DeferredStore | None:
         return self._deferred.get(sender_ae_title)
 
-    def store_upload_grouped(self, path: Path) -> StoreResult:
+    def store_upload_grouped(self, upload: Path | FinishedUpload) -> StoreResult:
         """Store one upload, committed together with those other threads hand in meanwhile.
 
         For senders of one instance per request (C-STORE): while one group is being made durable, the uploads
@@ -307,7 +322,7 @@ class IngestService:
         the file-system sync and the index commit instead of queueing for one each. A lone caller is stored at
         once, as by ``store_upload``.
         """
-        mine = _GroupedUpload(path)
+        mine = _GroupedUpload(upload)
         with self._group:
             self._group_pending.append(mine)
             while self._group_committing and mine.result is None:
@@ -318,7 +333,7 @@ class IngestService:
             group, self._group_pending = self._group_pending, []
         results: list[StoreResult] | None = None
         try:
-            results = self.store_uploads([upload.path for upload in group])
+            results = self.store_uploads([grouped.upload for grouped in group])
         except Exception as exc:  # the index is unreachable: every instance of the group is refused
             log.exception("storing a group of uploads failed")
             results = [StoreResult("failed", failure_reason=PROCESSING_FAILURE, message=f"processing failure: {exc}")
@@ -334,7 +349,8 @@ class IngestService:
         assert mine.result is not None
         return mine.result
 
-    def store_uploads(self, uploads: list[Path], expected_study_uid: str | None = None) -> list[StoreResult]:
+    def store_uploads(self, uploads: Sequence[Path | FinishedUpload],
+                      expected_study_uid: str | None = None) -> list[StoreResult]:
         """Store finished uploads as one group; each gets its own result and one failure spoils no other.
 
         Durability is bought once per group rather than once per instance (the fsyncs dominate the cost of a
@@ -342,14 +358,15 @@ class IngestService:
         directory entries durable, and a single index commit follows. Nothing is reported stored before that
         commit; a crash before it leaves only files without index rows, which a later store replaces.
         """
-        results: list[StoreResult | None] = [None] * len(uploads)
+        finished = [upload if isinstance(upload, FinishedUpload) else FinishedUpload(upload) for upload in uploads]
+        results: list[StoreResult | None] = [None] * len(finished)
         candidates: list[tuple[int, ParsedInstance, Path]] = []
         try:
-            for index, path in enumerate(uploads):
+            for index, (path, digest) in enumerate(finished):
                 parsed: ParsedInstance | None = None
                 try:
                     add_missing_preamble(path)
-                    parsed = parse_instance(path, self.bulk_threshold)
+                    parsed = parse_instance(path, self.bulk_threshold, digest)
                     if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
                         raise InstanceRejected(
                             STUDY_UID_MISMATCH,
@@ -365,7 +382,7 @@ class IngestService:
             if candidates:
                 self._index_group(candidates, results)
         finally:
-            for path in uploads:
+            for path, _ in finished:
                 path.unlink(missing_ok=True)
         final = [r if r is not None else StoreResult("failed", failure_reason=PROCESSING_FAILURE,
                                                      message="not processed") for r in results]

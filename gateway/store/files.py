@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from gateway.dicom.uids import validate_uid
 
@@ -45,23 +45,80 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs()
 
 
+class FinishedUpload(NamedTuple):
+    """A spooled upload ready to store, with the SHA-256 of its data set when it was computed while writing."""
+
+    path: Path
+    data_set_sha256: str | None = None
+
+
+# Enough of a file's start to find its data set: preamble, "DICM" and the File Meta group length element.
+HEAD_BYTES = 144
+# Unknown: the upload does not start the way a PS3.10 file does, so its data set's start is not known here.
+_UNKNOWN = -1
+
+
+def data_set_start(head: bytes | bytearray) -> int | None:
+    """Where the data set begins in a PS3.10 file starting with ``head`` (after the File Meta Information, whose
+    first element is its group length); None while fewer than HEAD_BYTES are known, -1 when the layout is not
+    that. A file without the 128-byte preamble and "DICM" starts directly with the File Meta group (as
+    ``ingest.add_missing_preamble`` recognises it).
+    """
+    if len(head) < HEAD_BYTES:
+        return None
+    if head[128:132] == b"DICM":
+        meta = 132
+    elif head[:2] == b"\x02\x00":
+        meta = 0
+    else:
+        return _UNKNOWN
+    if head[meta:meta + 8] != b"\x02\x00\x00\x00UL\x04\x00":
+        return _UNKNOWN
+    return meta + 12 + int.from_bytes(head[meta + 8:meta + 12], "little")
+
+
 class SpooledUpload:
-    """A part of an upload being written to a temporary file."""
+    """A part of an upload being written to a temporary file.
+
+    The SHA-256 of the data set (the instance's identity, see ``ingest.ParsedInstance``) is computed as the
+    bytes go by, so storing the upload need not read the whole file again.
+    """
 
     def __init__(self, tmp_dir: Path) -> None:
         fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=tmp_dir)
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self.size = 0
+        self._head = bytearray()
+        self._start: int | None = None
+        self._digest = hashlib.sha256()
 
     def write(self, data: bytes | memoryview) -> None:
         self._file.write(data)
+        offset = self.size
         self.size += len(data)
+        if self._start is None:
+            self._head += data[:HEAD_BYTES - len(self._head)]
+            self._start = data_set_start(self._head)
+            if self._start is None:
+                return
+        if self._start >= 0 and self.size > self._start:
+            self._digest.update(data[self._start - offset:] if self._start > offset else data)
+
+    @property
+    def data_set_sha256(self) -> str | None:
+        if self._start is None or self._start < 0 or self._start > self.size:
+            return None
+        return self._digest.hexdigest()
 
     def finish(self) -> Path:
         """Close the file (FileStore.make_durable syncs it) and return its path."""
         self._file.close()
         return self.path
+
+    def finished(self) -> FinishedUpload:
+        """``finish``, with the data set's digest."""
+        return FinishedUpload(self.finish(), self.data_set_sha256)
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -10,7 +9,7 @@ from flask import Blueprint, Response, request
 from gateway.dicom.json_model import dumps
 from gateway.dicom.status import CANNOT_UNDERSTAND
 from gateway.services.ingest import StoreResult
-from gateway.store.files import SpooledUpload
+from gateway.store.files import FinishedUpload, SpooledUpload
 from gateway.web.accept import parse_media_type
 from gateway.web.dicomweb.common import base_url, checked_uids, node
 from gateway.web.multipart import MultipartError, read_multipart
@@ -34,13 +33,13 @@ class _StoreBatcher:
     def __init__(self, expected_study: str | None) -> None:
         self.expected_study = expected_study
         self.results: list[StoreResult | None] = []
-        self.pending: list[tuple[int, Path]] = []
+        self.pending: list[tuple[int, FinishedUpload]] = []
         self.pending_bytes = 0
 
     def add_upload(self, upload: SpooledUpload) -> None:
-        path = upload.finish()
+        finished = upload.finished()
         self.results.append(None)
-        self.pending.append((len(self.results) - 1, path))
+        self.pending.append((len(self.results) - 1, finished))
         self.pending_bytes += upload.size
         if len(self.pending) >= GROUP_INSTANCES or self.pending_bytes >= GROUP_BYTES:
             self.flush()
@@ -51,14 +50,14 @@ class _StoreBatcher:
     def flush(self) -> None:
         if not self.pending:
             return
-        stored = node().ingest.store_uploads([path for _, path in self.pending], self.expected_study)
+        stored = node().ingest.store_uploads([finished for _, finished in self.pending], self.expected_study)
         for (slot, _), result in zip(self.pending, stored, strict=True):
             self.results[slot] = result
         self.pending, self.pending_bytes = [], 0
 
     def discard_pending(self) -> None:
-        for _, path in self.pending:
-            path.unlink(missing_ok=True)
+        for _, finished in self.pending:
+            finished.path.unlink(missing_ok=True)
 
 
 class _UploadSink:
