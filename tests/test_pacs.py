@@ -221,7 +221,7 @@ def test_a_pull_again_moves_only_what_is_missing(gateway: Node, pacs: PacsData) 
             assert _data_set(_stored_file(gateway, sop_uid)) == _data_set(pacs.dcmtk_received[sop_uid])
 
 
-@pytest.mark.parametrize("method", ["c-move", "wado-rs"])
+@pytest.mark.parametrize("method", ["c-move", "c-get", "wado-rs"])
 def test_new_series_are_retrieved_unlisted_and_a_short_one_is_listed(gateway: Node, pacs: PacsData, method: str,
                                                                     caplog: pytest.LogCaptureFixture,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:

@@ -225,12 +225,13 @@ class PacsService:
 
         Not when nothing of it is stored here and its size is announced: then it is retrieved whole and counted
         afterwards. Part of it here means retrieving just the rest; a C-GET proposes a context per SOP class
-        of its instances; a paced C-MOVE asks for one instance at a time.
+        (from the instances when the PACS does not name the study's classes); a paced C-MOVE asks for one
+        instance at a time.
         """
         if series.instances is not None:
             return False
-        return (series.announced is None or method == "c-get" or (paced and method == "c-move")
-                or self.stored_in_series(series.series_uid) > 0)
+        return (series.announced is None or (method == "c-get" and not series.study_sop_classes)
+                or (paced and method == "c-move") or self.stored_in_series(series.series_uid) > 0)
 
     def stored_in_series(self, series_uid: str) -> int:
         with self.node.engine.connect() as connection:
@@ -273,8 +274,9 @@ class PacsService:
                                              progress)
                 elif method == "c-get":
                     assert isinstance(transport, DimseUpstream)
-                    outcome = transport.get(study_uid, series_uid, sop_uids, {i.sop_class_uid for i in instances
-                                                                               if i.sop_class_uid}, progress, limiter)
+                    sop_classes = ({i.sop_class_uid for i in instances if i.sop_class_uid} if instances
+                                   else set(series.study_sop_classes))
+                    outcome = transport.get(study_uid, series_uid, sop_uids, sop_classes, progress, limiter)
                 else:
                     assert isinstance(transport, DicomwebUpstream)
                     outcome = transport.retrieve(study_uid, series_uid, sop_uids[0] if sop_uids else None, progress,

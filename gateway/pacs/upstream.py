@@ -72,6 +72,7 @@ STORING_THREADS = 2
 # DICOM JSON tags used below.
 STUDY_UID, SERIES_UID, SOP_UID, SOP_CLASS = "0020000D", "0020000E", "00080018", "00080016"
 SERIES_INSTANCE_COUNT = "00201209"  # NumberOfSeriesRelatedInstances
+SOP_CLASSES_IN_STUDY = "00080062"
 STUDY_KEYS: dict[str, str] = {  # C-FIND / QIDO-RS study-level keys the CLI and API offer, by keyword
     "PatientID": "00100020", "PatientName": "00100010", "PatientBirthDate": "00100030", "StudyDate": "00080020",
     "StudyTime": "00080030", "AccessionNumber": "00080050", "StudyInstanceUID": STUDY_UID,
@@ -101,6 +102,8 @@ class SeriesInventory:
     series_uid: str
     announced: int | None
     instances: list[UpstreamInstance] | None = None
+    # The SOP classes of the study's instances (SOPClassesInStudy), when the PACS says: what a C-GET proposes.
+    study_sop_classes: tuple[str, ...] = ()
 
     @property
     def size(self) -> int:
@@ -248,11 +251,18 @@ class DimseUpstream:
             series_query.StudyInstanceUID = study_uid
             series_query.SeriesInstanceUID = ""
             series_query.NumberOfSeriesRelatedInstances = ""
+            classes_query = Dataset()
+            classes_query.QueryRetrieveLevel = "STUDY"
+            classes_query.StudyInstanceUID = study_uid
+            classes_query.SOPClassesInStudy = ""
+            sop_classes = tuple(sorted({str(uid) for match in self._find(assoc, classes_query)
+                                        for uid in (match.get(SOP_CLASSES_IN_STUDY) or {}).get("Value", []) if uid}))
             found = []
             for match in self._find(assoc, series_query):
                 count = first_value(match.get(SERIES_INSTANCE_COUNT))
                 found.append(SeriesInventory(study_uid, str(first_value(match.get(SERIES_UID))),
-                                             int(count) if count not in (None, "") else None))
+                                             int(count) if count not in (None, "") else None,
+                                             study_sop_classes=sop_classes))
         audit("upstream-c-find", pacs=self.pacs.name, level="SERIES", study=study_uid, matches=len(found))
         return found
 
