@@ -194,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic lists each of its own plug-ins at INFO on every start; the migrations it runs stay visible.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     from gateway.node import Node
 
     if args.command == "db":

@@ -13,18 +13,17 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gateway.compute.backend import resolve_backend
-from gateway.compute.features.base import FeatureValue
-from gateway.compute.features.pipeline import discretise_region, prepare_region, region_first_order_features
-from gateway.compute.features.texture import FAMILIES as TEXTURE_FAMILIES
-from gateway.compute.features.texture import texture_features
 from gateway.compute.regions import rtstruct_masks_from_files, segmentation_masks_from_files
 from gateway.compute.volumes import volume_from_files
 from gateway.features.params import FIRST_ORDER_FAMILIES
+
+if TYPE_CHECKING:
+    from gateway.compute.features.base import FeatureValue
 
 # Regions whose masks are held at once (each mask is a boolean copy of the whole volume).
 MASK_BATCH = 8
@@ -78,6 +77,12 @@ def region_features(image: np.ndarray, mask: np.ndarray, spacing: Sequence[float
     The steps are called one by one (rather than extract_features) for the options extract_features does not
     take: image and mask interpolation, the partial-volume threshold and the choice of families.
     """
+    # Imported here, in the extraction workers, not when the plug-in loads: they compile or load the Numba
+    # kernels, which every `gateway` command would otherwise wait for.
+    from gateway.compute.features.pipeline import discretise_region, prepare_region, region_first_order_features
+    from gateway.compute.features.texture import FAMILIES as TEXTURE_FAMILIES
+    from gateway.compute.features.texture import texture_features
+
     resampling, resegmentation = settings["resampling"], settings["resegmentation"]
     lower, upper = resegmentation["lower"], resegmentation["upper"]
     families = settings["features"]["families"]
