@@ -748,3 +748,25 @@ def test_dimse_process_for_the_multi_worker_mode(tmp_path: Path) -> None:
     finally:
         stop_dimse_process(process)
     assert process.returncode is not None
+
+
+def test_pynetdicom_message_logging_follows_its_logger() -> None:
+    """pynetdicom's per-message loggers (which format every data set) are bound only when it logs DEBUG."""
+    import logging
+
+    from pynetdicom import _config
+
+    from gateway.dimse.handlers import match_pynetdicom_logging
+
+    logger = logging.getLogger("pynetdicom")
+    level, setting = logger.level, _config.LOG_HANDLER_LEVEL
+    try:
+        logger.setLevel(logging.DEBUG)
+        match_pynetdicom_logging()
+        assert _config.LOG_HANDLER_LEVEL == "standard"
+        logger.setLevel(logging.WARNING)
+        match_pynetdicom_logging()
+        assert _config.LOG_HANDLER_LEVEL == "none"
+    finally:
+        logger.setLevel(level)
+        _config.LOG_HANDLER_LEVEL = setting

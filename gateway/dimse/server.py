@@ -8,6 +8,7 @@ process that runs listener threads could copy a lock another thread holds.
 from __future__ import annotations
 
 import logging
+import threading
 from types import TracebackType
 
 from pydicom import uid
@@ -23,6 +24,7 @@ from gateway.dimse.handlers import (
     IMPLEMENTATION_CLASS_UID,
     MOVE_MODELS,
     DimseHandlers,
+    match_pynetdicom_logging,
 )
 from gateway.listener_process import ListenerProcess
 from gateway.node import Node
@@ -46,9 +48,12 @@ COMMAND_TRANSFER_SYNTAXES = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEnd
 MAX_ASSOCIATIONS = 64
 # Larger PDUs mean fewer, cheaper-to-parse fragments per instance.
 MAX_PDU_SIZE = 256 * 1024
+# How soon the listening loop notices close().
+STOP_POLL_S = 0.05
 
 
 def build_application_entity(settings: Settings, handlers: DimseHandlers) -> AE:
+    match_pynetdicom_logging()
     ae = AE(ae_title=settings.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = f"EUCAIM_GW_{__version__}"[:16]
@@ -83,8 +88,14 @@ class DimseServer:
         if pynetdicom_log.level == logging.NOTSET:
             # Its INFO lines describe every message; the audit log already records what matters.
             pynetdicom_log.setLevel(logging.WARNING)
-        self._server: ThreadedAssociationServer | None = self.ae.start_server(
-            (self.host, port), block=False, evt_handlers=self.handlers.bindings())
+        # Started here rather than by ae.start_server, whose listening loop looks for a stop request every 0.5 s:
+        # each close (the temporary SCP of every C-MOVE pull from the CLI, every shutdown) waited that long.
+        server = self.ae.make_server((self.host, port), evt_handlers=self.handlers.bindings(),
+                                     server_class=ThreadedAssociationServer)
+        self._server: ThreadedAssociationServer | None = server
+        self.ae._servers.append(server)  # as start_server does: the server's shutdown() removes it there
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": STOP_POLL_S},
+                         name=f"dimse-listener-{port}", daemon=True).start()
         log.info("DIMSE service provider %s listening on %s:%d", settings.ae_title, self.host, self.port)
 
     @property

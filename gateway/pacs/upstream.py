@@ -48,7 +48,13 @@ from pynetdicom.sop_class import (
 from gateway import __version__
 from gateway.audit import audit
 from gateway.dicom.tags import tag_hex
-from gateway.dimse.handlers import IMPLEMENTATION_CLASS_UID, MAX_PRESENTATION_CONTEXTS, set_tcp_nodelay, store_received
+from gateway.dimse.handlers import (
+    IMPLEMENTATION_CLASS_UID,
+    MAX_PRESENTATION_CONTEXTS,
+    match_pynetdicom_logging,
+    set_tcp_nodelay,
+    store_received,
+)
 from gateway.node import Node
 from gateway.pacs.config import UpstreamPacs
 from gateway.services.ingest import StoreResult
@@ -181,6 +187,7 @@ class DimseUpstream:
         self.calling_ae = pacs.calling_ae_title or node.settings.ae_title
 
     def _ae(self) -> AE:
+        match_pynetdicom_logging()
         ae = AE(ae_title=self.calling_ae)
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = f"EUCAIM_GW_{__version__}"[:16]
