@@ -759,14 +759,16 @@ def test_pynetdicom_message_logging_follows_its_logger() -> None:
     from gateway.dimse.handlers import match_pynetdicom_logging
 
     logger = logging.getLogger("pynetdicom")
-    level, setting = logger.level, _config.LOG_HANDLER_LEVEL
+    names = ("LOG_HANDLER_LEVEL", "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS")
+    level, settings = logger.level, {name: getattr(_config, name) for name in names}
     try:
         logger.setLevel(logging.DEBUG)
         match_pynetdicom_logging()
-        assert _config.LOG_HANDLER_LEVEL == "standard"
+        assert [getattr(_config, name) for name in names] == ["standard", True, True]
         logger.setLevel(logging.WARNING)
         match_pynetdicom_logging()
-        assert _config.LOG_HANDLER_LEVEL == "none"
+        assert [getattr(_config, name) for name in names] == ["none", False, False]
     finally:
         logger.setLevel(level)
-        _config.LOG_HANDLER_LEVEL = setting
+        for name, value in settings.items():
+            setattr(_config, name, value)
