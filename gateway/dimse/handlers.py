@@ -146,14 +146,19 @@ def _receive(transport: Any, nr_bytes: int) -> bytearray:
 
 
 def match_pynetdicom_logging() -> None:
-    """Let pynetdicom describe messages and identifiers only when its logger shows DEBUG.
+    """Let pynetdicom describe messages and identifiers only when its logger shows DEBUG (by default it shows
+    warnings only, unless the gateway logs DEBUG).
 
     Its standard event loggers and its identifier logging format every PDU, DIMSE message and C-FIND/MOVE/GET
     identifier, data sets included, whether or not the line is then written: about a third of the CPU of
     answering a C-FIND, measured, and as much again on our side of a PACS's C-FIND responses. The gateway's
     audit lines record associations and operations either way.
     """
-    debugging = logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG)
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    if pynetdicom_log.level == logging.NOTSET and not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # Its INFO lines describe every message; the audit log already records what matters.
+        pynetdicom_log.setLevel(logging.WARNING)
+    debugging = pynetdicom_log.isEnabledFor(logging.DEBUG)
     pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if debugging else "none"
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = debugging
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = debugging

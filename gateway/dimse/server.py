@@ -84,10 +84,6 @@ class DimseServer:
             raise ValueError("no DIMSE port configured (dimse_port)")
         self.handlers = DimseHandlers(node)
         self.ae = build_application_entity(settings, self.handlers)
-        pynetdicom_log = logging.getLogger("pynetdicom")
-        if pynetdicom_log.level == logging.NOTSET:
-            # Its INFO lines describe every message; the audit log already records what matters.
-            pynetdicom_log.setLevel(logging.WARNING)
         # Started here rather than by ae.start_server, whose listening loop looks for a stop request every 0.5 s:
         # each close (the temporary SCP of every C-MOVE pull from the CLI, every shutdown) waited that long.
         server = self.ae.make_server((self.host, port), evt_handlers=self.handlers.bindings(),

@@ -41,8 +41,13 @@ class SearchParam:
 
 
 @cache
+def _document() -> dict[str, Any]:
+    return tomllib.loads(TYPES_FILE.read_text(encoding="utf-8"))
+
+
+@cache
 def definitions() -> dict[str, dict[str, SearchParam]]:
-    doc = tomllib.loads(TYPES_FILE.read_text(encoding="utf-8"))
+    doc = _document()
     result: dict[str, dict[str, SearchParam]] = {}
     for resource, params in doc.items():
         if resource.startswith("_"):
@@ -59,9 +64,8 @@ def definitions() -> dict[str, dict[str, SearchParam]]:
 @cache
 def token_date_pairs() -> dict[str, tuple[tuple[str, str], ...]]:
     """Per resource type, the (token parameter, date parameter) pairs indexed together (``[_token_date]``)."""
-    doc = tomllib.loads(TYPES_FILE.read_text(encoding="utf-8"))
     result: dict[str, tuple[tuple[str, str], ...]] = {}
-    for resource, pairs in doc.get("_token_date", {}).items():
+    for resource, pairs in _document().get("_token_date", {}).items():
         checked = []
         for token_name, date_name in pairs:
             token, date = search_param(resource, token_name), search_param(resource, date_name)

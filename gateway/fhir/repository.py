@@ -131,7 +131,7 @@ def mark_deleted(session: Session, existing: Stored) -> Stored:
         version_id=version_id, last_updated=stamp, deleted=True))
     session.execute(insert(FhirResourceVersion.__table__).values(  # type: ignore[attr-defined]
         res_pk=existing.pk, version_id=version_id, last_updated=stamp, method="DELETE", deleted=True, content=""))
-    _drop_index(session, existing.pk)
+    _drop_index(session, [existing.pk])
     count_current(session, existing.res_type, -1)
     return Stored(existing.pk, existing.res_type, existing.res_id, version_id, stamp, True, None)
 
@@ -150,10 +150,10 @@ def current_count(session: Session, res_type: str) -> int:
     return int(session.execute(select(table.c.current).where(table.c.res_type == res_type)).scalar() or 0)
 
 
-def _drop_index(session: Session, pk: int) -> None:
+def _drop_index(session: Session, pks: list[int]) -> None:
     for model in INDEX_TABLES:
         table = model.__table__  # type: ignore[attr-defined]
-        session.execute(delete(table).where(table.c.res_pk == pk))
+        session.execute(delete(table).where(table.c.res_pk.in_(pks)))
 
 
 def current_batch(session: Session, res_types: list[str], after_pk: int, limit: int) -> list[tuple[int, str]]:
@@ -170,10 +170,9 @@ def reindex(session: Session, pk: int, resource: dict[str, Any]) -> None:
 
 def reindex_many(session: Session, resources: list[tuple[int, dict[str, Any]]]) -> None:
     """Replace the search-index rows of stored resources (pk, JSON): one delete and one insert per table."""
-    pks = [pk for pk, _ in resources]
-    for model in INDEX_TABLES:
-        table = model.__table__  # type: ignore[attr-defined]
-        session.execute(delete(table).where(table.c.res_pk.in_(pks)))
+    if not resources:
+        return
+    _drop_index(session, [pk for pk, _ in resources])
     rows: dict[type, list[dict[str, Any]]] = {}
     for pk, resource in resources:
         for model, values in index_rows(resource):

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,19 @@ class UnknownPacs(PullError):
 
 def _valid_uid(value: str) -> bool:
     return bool(value) and len(value) <= 64 and UID(value).is_valid
+
+
+@dataclass
+class _Pull:
+    """What one pull job hands to each of its studies."""
+
+    context: JobContext
+    pacs: UpstreamPacs
+    method: str
+    limiter: RateLimiter
+    paced: bool
+    client: DimseUpstream | DicomwebUpstream  # finds and lists
+    transport: DimseUpstream | DicomwebUpstream  # retrieves
 
 
 class PacsService:
@@ -170,41 +184,13 @@ class PacsService:
             receiver = self._move_receiver(pacs) if method == "c-move" else contextlib.nullcontext()
             transport: DimseUpstream | DicomwebUpstream = (DicomwebUpstream(self.node, pacs) if method == "wado-rs"
                                                            else DimseUpstream(self.node, pacs))
+            run = _Pull(context, pacs, method, limiter, paced, client, transport)
             try:
                 with receiver:
                     for index, study_uid in enumerate(study_uids, 1):
                         self._wait_for_window(context, window)
-                        inventory = inventories[study_uid]
-                        listed = [i for series in inventory if series.instances is not None for i in series.instances]
-                        missing = self.missing(listed)
-                        unlisted = [series for series in inventory if series.instances is None]
-                        wanted = len(missing) + sum(series.size for series in unlisted)
-                        present = len(listed) - len(missing)
-                        done += present
-                        context.progress(done=done, message=f"study {index}/{len(study_uids)}: {study_uid}",
-                                         force=True)
-                        deferred = (self.node.ingest.deferred(pacs.ae_title) if pacs.ae_title and method != "wado-rs"
-                                    else contextlib.nullcontext())
-                        with deferred:  # leaving it stores what is still queued, before the check below
-                            self._retrieve(transport, context, method, study_uid, inventory, missing, limiter, paced)
-                        # A series retrieved unlisted is complete when the store holds as many of its instances
-                        # as the PACS announced; otherwise its list says which are missing.
-                        for series in unlisted:
-                            if self.stored_in_series(series.series_uid) < series.size:
-                                client.list_series(series)
-                        missing_uids = {instance.sop_uid for instance in missing}
-                        listed_afterwards = {id(series) for series in unlisted if series.instances is not None}
-                        still_missing = self.missing(
-                            [instance for series in inventory if series.instances is not None
-                             for instance in series.instances
-                             if id(series) in listed_afterwards or instance.sop_uid in missing_uids])
-                        retrieved = wanted - len(still_missing)
-                        done += retrieved
-                        context.progress(done=done, force=True)
-                        entry = {"study": study_uid, "instances": present + wanted, "alreadyPresent": present,
-                                 "retrieved": retrieved, "failed": len(still_missing)}
-                        if still_missing:
-                            entry["missing"] = [instance.sop_uid for instance in still_missing[:20]]
+                        entry, done = self._pull_study(run, study_uid, inventories[study_uid], done,
+                                                       f"study {index}/{len(study_uids)}: {study_uid}")
                         summary["studies"].append(entry)
                         for key in ("instances", "alreadyPresent", "retrieved", "failed"):
                             summary["totals"][key] += entry[key]
@@ -219,6 +205,36 @@ class PacsService:
             raise PullError(f"{failed} of {total} instances could not be retrieved from {pacs.name} "
                             f"(resume the job to retry them)")
         return summary
+
+    def _pull_study(self, run: _Pull, study_uid: str, inventory: list[SeriesInventory], done: int,
+                    label: str) -> tuple[dict[str, Any], int]:
+        """Retrieve what of one study is missing and check it arrived; its report entry and the new done count."""
+        listed = [instance for series in inventory if series.instances is not None for instance in series.instances]
+        missing = self.missing(listed)
+        unlisted = [series for series in inventory if series.instances is None]
+        present = len(listed) - len(missing)
+        wanted = len(missing) + sum(series.size for series in unlisted)
+        done += present
+        run.context.progress(done=done, message=label, force=True)
+        deferred = (self.node.ingest.deferred(run.pacs.ae_title) if run.pacs.ae_title and run.method != "wado-rs"
+                    else contextlib.nullcontext())
+        with deferred:  # leaving it stores what is still queued, before the check below
+            self._retrieve(run, study_uid, inventory, missing)
+        # A series retrieved unlisted is complete when the store holds as many of its instances as the PACS
+        # announced; otherwise its list says which are missing.
+        expected = list(missing)
+        for series in unlisted:
+            if self.stored_in_series(series.series_uid) < series.size:
+                expected += run.client.list_series(series)
+        still_missing = self.missing(expected)
+        retrieved = wanted - len(still_missing)
+        done += retrieved
+        run.context.progress(done=done, force=True)
+        entry: dict[str, Any] = {"study": study_uid, "instances": present + wanted, "alreadyPresent": present,
+                                 "retrieved": retrieved, "failed": len(still_missing)}
+        if still_missing:
+            entry["missing"] = [instance.sop_uid for instance in still_missing[:20]]
+        return entry, done
 
     def _needs_listing(self, series: SeriesInventory, method: str, paced: bool) -> bool:
         """Whether a series' instances must be listed before retrieving it.
@@ -238,10 +254,10 @@ class PacsService:
             return int(connection.execute(select(Series.num_instances).where(
                 Series.series_instance_uid == series_uid)).scalar() or 0)
 
-    def _retrieve(self, transport: DimseUpstream | DicomwebUpstream, context: JobContext, method: str,
-                  study_uid: str, inventory: list[SeriesInventory], missing: list[UpstreamInstance],
-                  limiter: RateLimiter, paced: bool) -> None:
+    def _retrieve(self, run: _Pull, study_uid: str, inventory: list[SeriesInventory],
+                  missing: list[UpstreamInstance]) -> None:
         """Whole series where none of a listed series is here, or it is unlisted; single instances otherwise."""
+        context, method, transport, limiter, paced = run.context, run.method, run.transport, run.limiter, run.paced
         missing_by_series: dict[str, list[UpstreamInstance]] = defaultdict(list)
         for instance in missing:
             missing_by_series[instance.series_uid].append(instance)

@@ -474,22 +474,14 @@ class DicomwebUpstream:
 
     def series_inventory(self, study_uid: str) -> list[SeriesInventory]:
         """One QIDO-RS request lists the whole study: every series comes listed."""
-        by_series: dict[str, SeriesInventory] = {}
+        by_series: dict[str, list[UpstreamInstance]] = {}
         for instance in self.inventory(study_uid):
-            series = by_series.setdefault(instance.series_uid, SeriesInventory(study_uid, instance.series_uid, 0, []))
-            assert series.instances is not None
-            series.instances.append(instance)
-            series.announced = len(series.instances)
-        return list(by_series.values())
+            by_series.setdefault(instance.series_uid, []).append(instance)
+        return [SeriesInventory(study_uid, series_uid, len(instances), instances)
+                for series_uid, instances in by_series.items()]
 
     def list_series(self, series: SeriesInventory) -> list[UpstreamInstance]:
-        if series.instances is None:
-            matches = self._qido(lambda: self.client.search_for_instances(
-                study_instance_uid=series.study_uid, series_instance_uid=series.series_uid,
-                fields=["SOPClassUID"], get_remaining=True), "QIDO-RS instance search")
-            series.instances = [UpstreamInstance(series.study_uid, series.series_uid,
-                                                 str(first_value(match.get(SOP_UID))),
-                                                 str(first_value(match.get(SOP_CLASS)) or "")) for match in matches]
+        assert series.instances is not None, "series_inventory lists every series"
         return series.instances
 
     def flush(self) -> None:

@@ -34,6 +34,7 @@ from _dataset import INSTANCES_PER_STUDY, Manifest, ensure_dataset, iter_index_r
 from _gateway import GatewayServer
 from _orthanc import OrthancServer
 from _process import exit_cleanly_on_termination, log
+from _report import cpu_model, format_number
 from _workload import (
     QuerySpec,
     facts_from_manifest,
@@ -147,16 +148,6 @@ def dig(document: Any, *path: str) -> Any:
     return document
 
 
-def format_number(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value >= 100:
-        return f"{value:,.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
 @dataclass(frozen=True)
 class Metric:
     """One row: the per-round results it reads (`rounds_path`), the value in each round (`value_path`),
@@ -226,16 +217,6 @@ def comparison_metrics(queries: list[QuerySpec], args: argparse.Namespace) -> li
         Metric("WADO-RS series metadata, p95 ms", ("metadata",), ("sequential", "p95_ms"), False),
     ]
     return metrics
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def machine_line() -> str:

@@ -48,6 +48,7 @@ from typing import Any
 import requests
 from _gateway import GatewayServer, default_database_url
 from _process import exit_cleanly_on_termination, log
+from _report import cpu_model, format_number
 
 from gateway.fhir import repository
 from gateway.fhir.models import FhirDate, FhirQuantity, FhirReference, FhirString, FhirToken, FhirTokenDate
@@ -562,26 +563,6 @@ def run_database(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 # Report
 
 
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value >= 100:
-        return f"{value:,.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def render(results: list[dict[str, Any]], args: argparse.Namespace, command: str) -> str:
     names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
     lines = [f"Command: `{command}`", "",
@@ -603,8 +584,9 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, command: str
             figures = result["queries"][query.key]
             failures = len(figures["failures"])
             warn = f" ⚠{failures}" if failures else ""
-            cells += [fmt(figures["sequential_median_ms"]) + warn, fmt(figures["sequential_p95_ms"]),
-                      fmt(figures["concurrent_p95_ms"]), fmt(figures["concurrent_rps"])]
+            cells += [format_number(figures["sequential_median_ms"]) + warn,
+                      *(format_number(figures[key]) for key in ("sequential_p95_ms", "concurrent_p95_ms",
+                                                                "concurrent_rps"))]
             met &= figures["sequential_p95_ms"] < TARGET_P95_MS and not failures
         verdict = ("✅" if met else "❌") if query.indexed else "—"
         lines.append(f"| {query.label} | " + " | ".join(cells) + f" | sequential {verdict} |")
@@ -614,17 +596,17 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace, command: str
         ("bulk load (generate + index extraction + insert + index build), s",
          lambda r: f"{r['load']['total']:.0f} ({r['load']['generate+extract']:.0f} + {r['load']['insert']:.0f} + "
                    f"{r['load']['indexes']:.0f})"),
-        ("bulk load, resources/s", lambda r: fmt(r["resources"] / r["load"]["total"]))]
+        ("bulk load, resources/s", lambda r: format_number(r["resources"] / r["load"]["total"]))]
     if all("service_rate" in r for r in results):
         rows.append((f"service path (FhirService.transaction, a Bundle per patient, {args.service_sample} "
-                     "patients), resources/s", lambda r: fmt(r["service_rate"])))
+                     "patients), resources/s", lambda r: format_number(r["service_rate"])))
     if all("exports" in r for r in results):
         rows += [("system $export, all types: resources (s)",
                   lambda r: f"{r['exports']['system']['resources']:,} ({r['exports']['system']['seconds']:.0f} s)"),
-                 ("system $export, resources/s", lambda r: fmt(r["exports"]["system"]["rate"])),
+                 ("system $export, resources/s", lambda r: format_number(r["exports"]["system"]["rate"])),
                  (f"Group/$export, {args.group_members:,} members: resources (s)",
                   lambda r: f"{r['exports']['group']['resources']:,} ({r['exports']['group']['seconds']:.1f} s)"),
-                 ("Group/$export, resources/s", lambda r: fmt(r["exports"]["group"]["rate"]))]
+                 ("Group/$export, resources/s", lambda r: format_number(r["exports"]["group"]["rate"]))]
     for label, cell in rows:
         lines.append(f"| {label} | " + " | ".join(cell(r) for r in results) + " |")
     problems = [f"- {names[r['kind']]} {key}: {failure}" for r in results
